@@ -1,0 +1,5 @@
+import sys
+
+from realserver.cli import main
+
+sys.exit(main())
