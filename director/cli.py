@@ -1,25 +1,88 @@
-"""Command-line entry points of the director."""
+"""director: VRRP, IPVS and health checks for a high-availability load balancer."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from director import __version__
+
+EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from director.config import ConfigUnreadable, check_text
+
+    path = Path(args.file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(f"{path}: cannot read: {reason}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    try:
+        report = check_text(text, str(path))
+    except ConfigUnreadable as exc:
+        print(f"{exc} (not valid YAML)", file=sys.stderr)
+        return EXIT_UNREADABLE
+    for line in report.lines():
+        print(line)
+    errors, warnings = len(report.errors), len(report.warnings)
+    if errors:
+        print(f"{path}: {errors} error(s), {warnings} warning(s)", file=sys.stderr)
+        return EXIT_INVALID
+    assert report.config is not None
+    cfg = report.config
+    print(
+        f"{path}: OK ({len(cfg.vrrp.instances)} vrrp instance(s), "
+        f"{len(cfg.services)} service(s), {warnings} warning(s))",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    from director.config import Config
+
+    schema = Config.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "director configuration"
+    print(json.dumps(schema, indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+Handler = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="director", description=__doc__)
     parser.add_argument("--version", action="version", version=f"director {__version__}")
-    parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = sub.add_parser(
+        "check-config",
+        help="validate a config file, report every error with its location",
+        description="Exit 0 when valid, 1 when invalid, 2 when unreadable or not YAML.",
+    )
+    check.add_argument("file", metavar="FILE")
+    check.set_defaults(handler=cmd_check_config)
+
+    schema = sub.add_parser("config-schema", help="print the JSON Schema of the config")
+    schema.set_defaults(handler=cmd_config_schema)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    parser.parse_args(argv)
-    return 0
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,424 @@
+"""Typed, frozen models of the config file (the contract in docs/config.md).
+
+Field-level checks live here; rules that relate several fields or sections live in rules.py so
+that each error can point at the exact key that is wrong.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from director.config.durations import Duration
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+_NAME = r"^[A-Za-z0-9_.:-]+$"
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=_NAME)]
+IfName = Annotated[str, Field(min_length=1, max_length=15, pattern=r"^[^\s/:]+$")]
+Command = Annotated[list[str], Field(min_length=1)]
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _shorthand_config(description: str) -> ConfigDict:
+    """A model that may also be written as one string; the JSON schema says so for editors."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        whole = dict(schema)
+        schema.clear()
+        schema["anyOf"] = [{"type": "string", "description": description}, whole]
+
+    return ConfigDict(extra="forbid", frozen=True, json_schema_extra=extra)
+
+
+def _expand(value: Any, field: str) -> Any:
+    return {field: value} if isinstance(value, str) else value
+
+
+def _parse_address(value: Any) -> IPAddress:
+    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected an IP address, got {value!r}")
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a valid IPv4 or IPv6 address") from None
+
+
+Address = Annotated[IPAddress, BeforeValidator(_parse_address)]
+
+
+def parse_endpoint(value: str) -> tuple[IPAddress, int | None]:
+    """`10.0.0.9`, `10.0.0.9:80`, `[2001:db8::9]:80` or `2001:db8::9`."""
+    text = value.strip()
+    match = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", text)
+    if match:
+        host, port = match.group(1), match.group(2)
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, None
+    address = _parse_address(host)
+    if port is None:
+        return address, None
+    number = int(port) if port.isdigit() else -1
+    if not 0 < number <= 65535:
+        raise ValueError(f"port {port!r} in {value!r} is not a number between 1 and 65535")
+    return address, number
+
+
+# ---------------------------------------------------------------- node
+
+
+class Http(Model):
+    listen: str = "127.0.0.1:9650"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        _, port = parse_endpoint(value)
+        if port is None:
+            raise ValueError(f"listen {value!r} needs a port, as in 127.0.0.1:9650")
+        return value
+
+
+class Node(Model):
+    name: Name = Field(default_factory=lambda: socket.gethostname().split(".")[0] or "director")
+    control_socket: str = "/run/director/director.sock"
+    state_dir: str = "/run/director"
+    http: Http | None = None
+
+
+# ---------------------------------------------------------------- vrrp
+
+
+class VirtualAddress(Model):
+    model_config = _shorthand_config("address with optional /prefix")
+
+    address: IPInterface
+    dev: IfName | None = None
+    label: Annotated[str, Field(min_length=1, max_length=15)] | None = None
+    scope: Literal["global", "site", "link", "host"] = "global"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand_form(cls, value: Any) -> Any:
+        return _expand(value, "address")
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _address(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            raise ValueError(f"expected an address such as 10.0.0.100/24, got {value!r}")
+        try:
+            # A bare address is a host route, as keepalived does (/32 or /128).
+            return ipaddress.ip_interface(value.strip())
+        except ValueError:
+            raise ValueError(f"{value!r} is not a valid address or address/prefix") from None
+
+    @property
+    def ip(self) -> IPAddress:
+        return self.address.ip
+
+    @property
+    def family(self) -> int:
+        return self.address.version
+
+
+class Unicast(Model):
+    source: Address | None = None
+    peers: Annotated[list[Address], Field(min_length=1)]
+
+
+class Auth(Model):
+    type: Literal["pass", "ah"]
+    # VRRPv2 carries 8 octets of password; keepalived silently truncates longer ones.
+    password: Annotated[str, Field(min_length=1, max_length=8)]
+
+
+class TrackInterface(Model):
+    model_config = _shorthand_config("interface name (weight 0: down = FAULT)")
+
+    name: IfName
+    # 0: link down puts the instance in FAULT; otherwise the priority moves by `weight` while down.
+    weight: Annotated[int, Field(ge=-253, le=253)] = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand_form(cls, value: Any) -> Any:
+        return _expand(value, "name")
+
+
+class TrackScript(Model):
+    name: Name
+    command: Command
+    interval: Duration = 1.0
+    timeout: Duration | None = None
+    weight: Annotated[int, Field(ge=-253, le=253)] = 0
+    rise: Annotated[int, Field(ge=1, le=1000)] = 1
+    fall: Annotated[int, Field(ge=1, le=1000)] = 1
+
+
+class TrackFile(Model):
+    path: Annotated[str, Field(min_length=1)]
+    # The file holds an integer; the priority moves by integer * weight (keepalived's track_file).
+    weight: Annotated[int, Field(ge=-254, le=254)] = 1
+
+
+class Track(Model):
+    interfaces: list[TrackInterface] = []
+    scripts: list[TrackScript] = []
+    files: list[TrackFile] = []
+
+
+class Notify(Model):
+    master: Command | None = None
+    backup: Command | None = None
+    fault: Command | None = None
+    stop: Command | None = None
+    # Receives keepalived's arguments: TYPE NAME STATE PRIORITY.
+    generic: Command | None = None
+    timeout: Duration = 10.0
+
+
+class Garp(Model):
+    delay: Duration = 5.0  # second burst after becoming master (keepalived garp_master_delay)
+    repeat: Annotated[int, Field(ge=1, le=255)] = 5
+    interval: Duration = 0.0  # between the frames of one burst
+    refresh: Duration = 0.0  # 0 = no periodic refresh while master
+
+
+class Instance(Model):
+    name: Name
+    interface: IfName
+    vrid: Annotated[int, Field(ge=1, le=255)]
+    priority: Annotated[int, Field(ge=1, le=255)] = 100
+    version: Literal[2, 3] = 3
+    advert_interval: Duration = 1.0
+    preempt: bool = True
+    preempt_delay: Annotated[Duration, Field(le=1000)] = 0.0
+    addresses: Annotated[list[VirtualAddress], Field(min_length=1)]
+    # The VIPs are this node's own interface addresses (RFC 5798 "IP address owner").
+    address_owner: bool = False
+    unicast: Unicast | None = None
+    auth: Auth | None = None
+    track: Track = Track()
+    notify: Notify = Notify()
+    garp: Garp = Garp()
+    # Make-before-break handoff on a planned stop; false gives the strict RFC behaviour.
+    graceful_handoff: bool = True
+
+    @property
+    def family(self) -> int:
+        return self.addresses[0].family
+
+
+class SyncGroup(Model):
+    name: Name
+    instances: Annotated[list[Name], Field(min_length=1)]
+    notify: Notify = Notify()
+
+
+class Vrrp(Model):
+    instances: list[Instance] = []
+    sync_groups: list[SyncGroup] = []
+
+
+# ---------------------------------------------------------------- services
+
+Scheduler = Literal[
+    "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos"
+]
+SchedulerFlag = Literal["sh-fallback", "sh-port", "mh-fallback", "mh-port"]
+Forwarding = Literal["nat", "dr", "tun"]
+
+
+class Tunnel(Model):
+    type: Literal["ipip", "gue", "gre"] = "ipip"
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None  # GUE's UDP port
+    checksum: Literal["none", "csum", "remcsum"] = "none"
+
+
+class Persistence(Model):
+    timeout: Duration = 300.0
+    # IPv4 netmask (255.255.255.0) or an IPv6 prefix length, grouping clients.
+    netmask: str | int | None = None
+
+
+class SorryServer(Model):
+    model_config = _shorthand_config("address[:port], [v6]:port")
+
+    address: Address
+    port: Port | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _endpoint(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            address, port = parse_endpoint(value)
+            return {"address": address, "port": port}
+        return value
+
+
+class TcpCheck(Model):
+    pass
+
+
+StatusRange = Annotated[str | int, Field(description="a status (200) or range (200-299)")]
+
+
+class HttpCheck(Model):
+    method: Literal["GET", "HEAD", "POST", "PUT", "OPTIONS"] = "GET"
+    path: Annotated[str, Field(pattern=r"^/")] = "/"
+    host: str | None = None
+    headers: dict[str, str] = {}
+    status: Annotated[list[StatusRange], Field(min_length=1)] = ["200-299"]
+    body_regex: str | None = None
+    body_no_regex: str | None = None
+    digest: str | None = None  # "md5:HEX" or "sha256:HEX" of the body
+    tls: bool = False
+    verify: bool = True
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    sni: str | None = None
+
+    @field_validator("status")
+    @classmethod
+    def _status(cls, value: list[str | int]) -> list[str | int]:
+        for item in value:
+            low, _, high = str(item).partition("-")
+            bounds = [low, high] if high else [low]
+            if not all(b.isdigit() and 100 <= int(b) <= 599 for b in bounds) or (
+                high and int(low) > int(high)
+            ):
+                raise ValueError(f"{item!r} is not an HTTP status (100-599) or range (200-299)")
+        return value
+
+    @field_validator("body_regex", "body_no_regex")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+        return value
+
+    @field_validator("digest")
+    @classmethod
+    def _digest(cls, value: str | None) -> str | None:
+        if value is not None:
+            algo, _, hexdigest = value.partition(":")
+            size = {"md5": 32, "sha256": 64}.get(algo, 0)
+            if not size or not re.fullmatch(rf"[0-9a-fA-F]{{{size}}}", hexdigest):
+                raise ValueError(f"digest {value!r} must be md5:<32 hex> or sha256:<64 hex>")
+        return value
+
+
+class UdpCheck(Model):
+    payload: str = ""
+    expect: str | None = None  # a regular expression the reply must match
+
+
+class DnsCheck(Model):
+    name: Annotated[str, Field(min_length=1)]
+    type: Literal["A", "AAAA", "CNAME", "MX", "NS", "PTR", "SOA", "SRV", "TXT"] = "A"
+    rcode: Literal["NOERROR", "NXDOMAIN", "SERVFAIL", "REFUSED"] = "NOERROR"
+    answer: str | None = None
+
+
+class MiscCheck(Model):
+    command: Command
+    # Exit codes 2-255 set the weight to code - 2 (keepalived's misc_dynamic).
+    dynamic_weight: bool = False
+
+
+class FileCheck(Model):
+    path: Annotated[str, Field(min_length=1)]
+
+
+class Check(Model):
+    tcp: TcpCheck | None = None
+    http: HttpCheck | None = None
+    udp: UdpCheck | None = None
+    dns: DnsCheck | None = None
+    misc: MiscCheck | None = None
+    file: FileCheck | None = None
+    interval: Duration = 2.0
+    timeout: Duration = 1.0
+    retries: Annotated[int, Field(ge=0, le=100)] = 0
+    retry_delay: Duration = 1.0
+    rise: Annotated[int, Field(ge=1, le=1000)] = 1
+    fall: Annotated[int, Field(ge=1, le=1000)] = 1
+    # Start a real server down until its first success (keepalived's alpha).
+    alpha: bool = True
+    connect_ip: Address | None = None
+    connect_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    bind_to: Address | None = None
+
+    @property
+    def kinds(self) -> list[str]:
+        return [k for k in ("tcp", "http", "udp", "dns", "misc", "file") if getattr(self, k)]
+
+
+class RealServer(Model):
+    address: Address
+    port: Port | None = None  # defaults to the service's port
+    weight: Annotated[int, Field(ge=0, le=65535)] = 1
+    forwarding: Forwarding | None = None  # defaults to the service's
+    tunnel: Tunnel | None = None
+    upper_threshold: Annotated[int, Field(ge=0)] = 0
+    lower_threshold: Annotated[int, Field(ge=0)] = 0
+    check: Check | None = None  # replaces the service's check for this real server
+
+
+class Service(Model):
+    name: Name
+    vip: Address | None = None
+    fwmark: Annotated[int, Field(ge=1, le=0xFFFFFFFF)] | None = None
+    family: Literal[4, 6] | None = None  # fwmark services only; defaults to 4
+    port: Port | None = None
+    protocol: Literal["tcp", "udp", "sctp"] = "tcp"
+    scheduler: Scheduler = "wlc"
+    scheduler_flags: list[SchedulerFlag] = []
+    forwarding: Forwarding = "nat"
+    tunnel: Tunnel | None = None
+    persistence: Persistence | None = None
+    one_packet: bool = False
+    check: Check | None = None
+    on_failure: Literal["remove", "inhibit"] = "remove"
+    drain: Duration = 0.0
+    slow_start: Duration = 0.0
+    quorum: Annotated[int, Field(ge=0)] = 0
+    hysteresis: Annotated[int, Field(ge=0)] = 0
+    quorum_up: Command | None = None
+    quorum_down: Command | None = None
+    sorry_server: SorryServer | None = None
+    real_servers: list[RealServer] = []
+
+
+# ---------------------------------------------------------------- root
+
+
+class Config(Model):
+    node: Node = Node()
+    vrrp: Vrrp = Vrrp()
+    services: list[Service] = []
