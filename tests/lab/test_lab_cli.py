@@ -36,11 +36,16 @@ def prefix() -> Iterator[str]:
         Lab(default_topology(p)).down()  # whatever the test did or failed to do
 
 
+def ours(prefix: str) -> set[str]:
+    """This lab's namespaces as the kernel lists them (other labs may come and go meanwhile)."""
+    return {name for name in netns.listnetns() if name.startswith(f"{prefix}-")}
+
+
 def test_up_status_exec_down(prefix: str) -> None:
-    before = set(netns.listnetns())
+    assert ours(prefix) == set()
     up = cli("up", "--prefix", prefix)
     assert up.returncode == 0, up.stderr
-    assert set(netns.listnetns()) - before == set(default_topology(prefix).namespaces())
+    assert ours(prefix) == set(default_topology(prefix).namespaces())
 
     st = cli("status", "--prefix", prefix)
     assert st.returncode == 0, st.stdout + st.stderr
@@ -62,7 +67,7 @@ def test_up_status_exec_down(prefix: str) -> None:
 
     down = cli("down", "--prefix", prefix)
     assert down.returncode == 0, down.stderr
-    assert set(netns.listnetns()) == before
+    assert ours(prefix) == set()
     gone = cli("status", "--prefix", prefix)
     assert gone.returncode == 1
     assert "absent" in gone.stdout
