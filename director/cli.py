@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -54,6 +55,68 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _load(path: str) -> tuple[int, object]:
+    """(exit code, config): a config that does not load is reported like check-config does."""
+    from director.config import ConfigInvalid, ConfigUnreadable, load_config
+
+    try:
+        report = load_config(path)
+    except ConfigUnreadable as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_UNREADABLE, None
+    except ConfigInvalid as exc:
+        for line in exc.report.lines():
+            print(line, file=sys.stderr)
+        return EXIT_INVALID, None
+    for line in report.lines():
+        print(line, file=sys.stderr)
+    return EXIT_OK, report.config
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from director.config import Config
+    from director.daemon import Daemon
+
+    code, config = _load(args.config)
+    if not isinstance(config, Config):
+        return code
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)  # its debug is per netlink message
+    try:
+        return asyncio.run(Daemon(config, args.config).run())
+    except Exception as exc:  # startup failures: one clear line, not a traceback
+        logging.getLogger("director").error("cannot start: %s", exc)
+        return EXIT_INVALID
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from director.api.control import ControlError, request
+    from director.config import Config
+
+    socket_path = args.socket
+    if socket_path is None:
+        code, config = _load(args.config)
+        if not isinstance(config, Config):
+            return code
+        socket_path = config.node.control_socket
+    try:
+        answer = request(socket_path, {"command": "status"})
+    except (ControlError, ValueError) as exc:
+        print(f"director status: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    if not answer.get("ok"):
+        print(f"director status: {answer.get('error')}", file=sys.stderr)
+        return EXIT_INVALID
+    print(json.dumps(answer["status"], indent=2))
+    return EXIT_OK
+
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -72,6 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("config-schema", help="print the JSON Schema of the config")
     schema.set_defaults(handler=cmd_config_schema)
+
+    start = sub.add_parser(
+        "start",
+        help="run the director in the foreground (SIGTERM/SIGINT: clean stop, exit 0)",
+    )
+    start.add_argument("-c", "--config", required=True, metavar="FILE")
+    start.add_argument("--debug", action="store_true", help="log every dropped advert")
+    start.set_defaults(handler=cmd_start)
+
+    status = sub.add_parser("status", help="print the running director's state as JSON")
+    where = status.add_mutually_exclusive_group(required=True)
+    where.add_argument("-c", "--config", metavar="FILE", help="find the control socket here")
+    where.add_argument("--socket", metavar="PATH", help="the control socket itself")
+    status.set_defaults(handler=cmd_status)
     return parser
 
 

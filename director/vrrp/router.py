@@ -84,6 +84,8 @@ class Router:
         self.master: IPAddress | None = None  # last master heard while backup
         self._started_at = 0.0
         self._resigned_by: IPAddress | None = None  # master that sent priority 0
+        # Set while a sync-group peer is in FAULT: taking MASTER alone would split the group.
+        self.hold_backup = False
 
     # ------------------------------------------------------------ derived timers
 
@@ -130,6 +132,9 @@ class Router:
         if self.deadline is None or now < self.deadline:
             return []
         if self.state is State.BACKUP:
+            if self.hold_backup:
+                self.deadline = now + self.master_down_interval
+                return []
             if self._resigned_by is not None:
                 reason = f"master {self._resigned_by} resigned (priority 0)"
             else:

@@ -394,3 +394,15 @@ def test_sync_group_forcing() -> None:
     assert actions[-1] == Transition(State.MASTER, State.BACKUP, "VI_GW left MASTER")
     actions = net["B"].router.force_master("VI_GW became MASTER", net.now)
     assert actions[:3] == [AddVips(), SendAdvert(100), Announce()]
+
+
+def test_hold_backup_keeps_a_group_member_from_taking_over() -> None:
+    net = two()
+    net["A"].linked = False
+    net["B"].router.hold_backup = True  # a sync-group peer of B is in FAULT
+    net.run_until(30)
+    assert net.state("B") is State.BACKUP
+    assert net["B"].router.deadline is not None  # still watching
+    net["B"].router.hold_backup = False
+    net.run_until(40)
+    assert net.state("B") is State.MASTER

@@ -1,0 +1,79 @@
+"""Composition root: builds the parts from the config, runs them, stops them cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+from director import __version__
+from director.api.control import ControlServer
+from director.config.models import Config, Instance
+from director.net.addresses import InstanceVips, VipManager
+from director.vrrp.announce import InstanceAnnouncer, PacketSockets
+from director.vrrp.engine import Engine
+from director.vrrp.instance import Announcements, Vips
+
+log = logging.getLogger("director")
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: str) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.started_at = time.time()
+        self.engine = Engine(config.vrrp, parts=self._parts)
+        self.control = ControlServer(config.node.control_socket, self._control)
+        self._stop = asyncio.Event()
+        # One netlink socket for every instance's VIPs, one packet socket per interface.
+        self.vip_manager = VipManager()
+        self.packet_sockets = PacketSockets()
+
+    def _parts(self, instance: Instance) -> tuple[Vips, Announcements]:
+        vips = InstanceVips(instance, self.vip_manager)
+        return vips, InstanceAnnouncer(instance, vips, self.packet_sockets)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        await self.control.start()
+        try:
+            await self.engine.start()
+            log.info(
+                "director %s started (%s): %d vrrp instance(s)",
+                __version__,
+                self.config.node.name,
+                len(self.config.vrrp.instances),
+            )
+            await self._stop.wait()
+            log.info("stopping")
+            await self.engine.stop()
+        finally:
+            self.engine.close()
+            self.vip_manager.close()
+            self.packet_sockets.close()
+            await self.control.close()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        log.info("stopped")
+        return 0
+
+    async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
+        command = request["command"]
+        if command == "status":
+            return {"ok": True, "status": self.status()}
+        return {"ok": False, "error": f"unknown command {command!r}; known: status"}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "node": self.config.node.name,
+            "version": __version__,
+            "pid": os.getpid(),
+            "config": self.config_path,
+            "uptime": round(time.time() - self.started_at, 3),
+            "vrrp": self.engine.status(),
+        }

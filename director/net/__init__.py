@@ -1,0 +1,1 @@
+"""The kernel's network state the director changes: addresses (VIPs), links, sysctls."""
