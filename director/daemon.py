@@ -9,7 +9,7 @@ import signal
 import time
 from typing import Any
 
-from director import __version__
+from director import __version__, proc
 from director.api.control import ControlServer
 from director.config.models import Config, Instance
 from director.net.addresses import InstanceVips, VipManager
@@ -52,6 +52,7 @@ class Daemon:
             await self._stop.wait()
             log.info("stopping")
             await self.engine.stop()
+            await proc.drain()
         finally:
             self.engine.close()
             self.vip_manager.close()

@@ -39,6 +39,9 @@ async def run(argv: Sequence[str], timeout: float) -> Outcome:
     return Outcome(code, f"exit {code}")
 
 
+_pending: set[asyncio.Task[Outcome]] = set()
+
+
 def spawn(argv: Sequence[str], timeout: float, what: str) -> asyncio.Task[Outcome]:
     """Fire and forget (notify scripts): logs a failure, never raises into the caller."""
 
@@ -48,4 +51,14 @@ def spawn(argv: Sequence[str], timeout: float, what: str) -> asyncio.Task[Outcom
             log.warning("%s %s: %s", what, list(argv), outcome.reason)
         return outcome
 
-    return asyncio.get_running_loop().create_task(go())
+    task = asyncio.get_running_loop().create_task(go())
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
+    return task
+
+
+async def drain() -> None:
+    """Wait for spawned commands (each is bounded by its own timeout): the stop notifications
+    must run before the daemon exits."""
+    while _pending:
+        await asyncio.wait(set(_pending))

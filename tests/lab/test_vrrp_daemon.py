@@ -2,101 +2,39 @@
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from lab.core import Lab
+from lab.daemons import DIRECTOR, Director, director_config, holds, wait_for
 from lab.topology import VIP4
-
-DIRECTOR = [sys.executable, "-m", "director"]
 
 
 def config(tmp: Path, name: str, priority: int, **instance: Any) -> Path:
-    body = {
-        "node": {
-            "name": name,
-            "control_socket": str(tmp / f"{name}.sock"),
-            "state_dir": str(tmp / name),
-        },
-        "vrrp": {
-            "instances": [
-                {
-                    "name": "VI_1",
-                    "interface": "eth0",
-                    "vrid": 51,
-                    "priority": priority,
-                    "version": 3,
-                    "advert_interval": "100ms",
-                    "addresses": [f"{VIP4}/24"],
-                    "garp": {"delay": "0s", "repeat": 1},
-                    **instance,
-                }
-            ]
-        },
-    }
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(body))
-    return path
-
-
-class Director:
-    def __init__(self, lab: Lab, node: str, cfg: Path, log: Path) -> None:
-        self.lab, self.node, self.cfg, self.log_path = lab, node, cfg, log
-        self.log = log.open("w")
-        self.proc = lab.popen(
-            node, [*DIRECTOR, "start", "-c", str(cfg)], stdout=self.log, stderr=self.log
-        )
-        self.socket = str(cfg.parent / f"{node}.sock")
-
-    def status(self) -> dict[str, Any] | None:
-        done = subprocess.run(
-            [*DIRECTOR, "status", "--socket", self.socket],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        return json.loads(done.stdout) if done.returncode == 0 else None
-
-    def state(self) -> str | None:
-        status = self.status()
-        return None if status is None else str(status["vrrp"]["instances"][0]["state"])
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=30)
-        self.log.close()
-        return code
-
-    def text(self) -> str:
-        if not self.log.closed:
-            self.log.flush()
-        return self.log_path.read_text()
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
-    """Poll daemon or kernel state until `check` holds (bounded in time)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    return director_config(
+        tmp,
+        name,
+        [
+            {
+                "name": "VI_1",
+                "interface": "eth0",
+                "vrid": 51,
+                "priority": priority,
+                "version": 3,
+                "advert_interval": "100ms",
+                "addresses": [f"{VIP4}/24"],
+                "garp": {"delay": "0s", "repeat": 1},
+                **instance,
+            }
+        ],
+    )
 
 
 def holds_vip(lab: Lab, node: str) -> bool:
-    out = lab.run(
-        node, ["ip", "-br", "addr", "show", "dev", "eth0"], capture_output=True, text=True
-    )
-    return f"{VIP4}/24" in out.stdout
+    return holds(lab, node, f"{VIP4}/24")
 
 
 @pytest.fixture
@@ -106,12 +44,8 @@ def pair(lab: Lab, tmp_path: Path) -> Iterator[tuple[Director, Director]]:
     try:
         yield d1, d2
     finally:
-        for d in (d1, d2):
-            if d.proc.poll() is None:
-                d.proc.kill()
-                d.proc.wait(timeout=10)
-            if not d.log.closed:
-                d.log.close()
+        d1.kill()
+        d2.kill()
 
 
 def test_election_failover_preemption_and_clean_stop(
