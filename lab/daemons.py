@@ -33,6 +33,21 @@ def director_config(tmp: Path, name: str, instances: list[dict[str, Any]], **vrr
     return path
 
 
+def vrrp_instance(priority: int, vip: str, **extra: Any) -> dict[str, Any]:
+    """The lab's usual instance: VI_1, VRID 51 on eth0, VRRPv3 at 100 ms, one GARP."""
+    return {
+        "name": "VI_1",
+        "interface": "eth0",
+        "vrid": 51,
+        "priority": priority,
+        "version": 3,
+        "advert_interval": "100ms",
+        "addresses": [vip],
+        "garp": {"delay": "0s", "repeat": 1},
+        **extra,
+    }
+
+
 class Director:
     """`director start` in a lab node, logging to a file, with status over its socket."""
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -13,20 +12,11 @@ import pytest
 
 from lab import netns
 from lab.core import Lab, LabError
+from lab.host import ip_netns_list, root_link_names
 from lab.pytest_plugin import LabFactory, unique_prefix
 from lab.topology import Node, Topology, default_topology
 
 pytestmark = pytest.mark.lab
-
-
-def _ip_netns_list() -> set[str]:
-    out = subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True, check=True)
-    return {x["name"] for x in json.loads(out.stdout or "[]")}
-
-
-def _root_link_names() -> set[str]:
-    out = subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True, check=True)
-    return {x["ifname"] for x in json.loads(out.stdout)}
 
 
 def _net_inodes(lab: Lab) -> set[str]:
@@ -58,15 +48,15 @@ def fresh_lab() -> Iterator[Lab]:
 
 def _ours(lab: Lab) -> set[str]:
     """This lab's namespaces as the kernel lists them (other labs may come and go meanwhile)."""
-    return {name for name in _ip_netns_list() if name.startswith(f"{lab.prefix}-")}
+    return {name for name in ip_netns_list() if name.startswith(f"{lab.prefix}-")}
 
 
 def test_up_then_down_leaves_the_host_as_it_was(fresh_lab: Lab) -> None:
-    links_before = _root_link_names()
+    links_before = root_link_names()
     assert _ours(fresh_lab) == set()
     fresh_lab.up()
     assert set(fresh_lab.namespaces()) == _ours(fresh_lab)
-    assert _root_link_names() == links_before
+    assert root_link_names() == links_before
     inodes = _net_inodes(fresh_lab)
     tracked = fresh_lab.popen("dir1", ["sleep", "300"])
     # Started behind the lab's back, as `python -m lab exec rsnat -- sleep 300 &` would be.
@@ -86,7 +76,7 @@ def test_up_then_down_leaves_the_host_as_it_was(fresh_lab: Lab) -> None:
         assert untracked.wait(timeout=5) == -15  # SIGTERM, by pid
         assert _pids_in(inodes) == set()
         assert _ours(fresh_lab) == set()
-        assert _root_link_names() == links_before
+        assert root_link_names() == links_before
         assert not fresh_lab.state_file.exists()
         assert not fresh_lab.state_file.parent.exists()
         fresh_lab.down()  # twice is fine
@@ -136,7 +126,7 @@ def test_down_without_state_file_uses_the_topology(fresh_lab: Lab) -> None:
     fresh_lab.up()
     fresh_lab.state_file.unlink()
     Lab(default_topology(fresh_lab.prefix)).down()
-    assert not set(fresh_lab.namespaces()) & _ip_netns_list()
+    assert not set(fresh_lab.namespaces()) & ip_netns_list()
 
 
 def test_down_removes_recorded_namespaces_of_a_custom_topology() -> None:
@@ -148,7 +138,7 @@ def test_down_removes_recorded_namespaces_of_a_custom_topology() -> None:
         lab.up()
         assert netns.exists(f"{good.prefix}-extra")
         Lab(good).down()  # knows nothing of `extra`, but the state file does
-        assert not set(lab.namespaces()) & _ip_netns_list()
+        assert not set(lab.namespaces()) & ip_netns_list()
     finally:
         lab.down()
 

@@ -5,7 +5,6 @@ These tests only read, so they share one lab per module.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,23 +12,14 @@ from pathlib import Path
 import pytest
 
 from lab.core import Lab
+from lab.host import ip_netns_list, root_link_names
 from lab.topology import Family
 
 pytestmark = pytest.mark.lab
 
 
-def _ip_netns_list() -> set[str]:
-    out = subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True, check=True)
-    return {x["name"] for x in json.loads(out.stdout or "[]")}
-
-
-def _root_link_names() -> set[str]:
-    out = subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True, check=True)
-    return {x["ifname"] for x in json.loads(out.stdout)}
-
-
 def test_every_namespace_exists_and_status_is_up(lab_module: Lab) -> None:
-    assert set(lab_module.namespaces()) <= _ip_netns_list()
+    assert set(lab_module.namespaces()) <= ip_netns_list()
     assert lab_module.prefix != "dlab"  # the fixture never touches a hand-made lab
     st = lab_module.status()
     assert st.up, st
@@ -41,7 +31,7 @@ def test_no_lab_interface_in_the_root_namespace(lab_module: Lab) -> None:
     lab_names = {"br0"} | {
         topo.port_name(n.name, i.segment) for n in topo.nodes for i in n.interfaces
     }
-    assert not lab_names & _root_link_names()
+    assert not lab_names & root_link_names()
 
 
 @pytest.mark.parametrize("family", [4, 6])

@@ -9,28 +9,12 @@ from typing import Any
 import pytest
 
 from lab.core import Lab
-from lab.daemons import DIRECTOR, Director, director_config, holds, wait_for
+from lab.daemons import DIRECTOR, Director, director_config, holds, vrrp_instance, wait_for
 from lab.topology import VIP4
 
 
 def config(tmp: Path, name: str, priority: int, **instance: Any) -> Path:
-    return director_config(
-        tmp,
-        name,
-        [
-            {
-                "name": "VI_1",
-                "interface": "eth0",
-                "vrid": 51,
-                "priority": priority,
-                "version": 3,
-                "advert_interval": "100ms",
-                "addresses": [f"{VIP4}/24"],
-                "garp": {"delay": "0s", "repeat": 1},
-                **instance,
-            }
-        ],
-    )
+    return director_config(tmp, name, [vrrp_instance(priority, f"{VIP4}/24", **instance)])
 
 
 def holds_vip(lab: Lab, node: str) -> bool:

@@ -10,22 +10,12 @@ from typing import Any
 import pytest
 
 from lab.core import Lab
-from lab.daemons import Director, director_config, holds, wait_for
+from lab.daemons import Director, director_config, holds, vrrp_instance, wait_for
 from lab.topology import BACKEND_GW4, VIP4, VIP6
 
 
 def instance(priority: int, **extra: Any) -> dict[str, Any]:
-    return {
-        "name": "VI_1",
-        "interface": "eth0",
-        "vrid": 51,
-        "priority": priority,
-        "version": 3,
-        "advert_interval": "100ms",
-        "addresses": [f"{VIP4}/24"],
-        "garp": {"delay": "0s", "repeat": 1},
-        **extra,
-    }
+    return vrrp_instance(priority, f"{VIP4}/24", **extra)
 
 
 class Pair:
