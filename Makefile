@@ -5,10 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test deps venv lint unit labtests vmtests clean
+.PHONY: test demo deps venv lint unit labtests vmtests clean
 
 test: deps venv lint
 	$(BIN)/pytest tests/unit tests/lab tests/test_vm_suite.py
+
+# A live VRRP failover on the built-in lab, measured from a client; everything torn down after.
+demo: deps venv
+	$(BIN)/python -m lab.demo
 
 deps:
 	./scripts/install-deps

@@ -364,15 +364,22 @@ class InstanceAnnouncer:
         """An interface changed (MAC, link-local, recreated): rebuild frames on next start."""
         self._built = False
 
+    async def prepare(self) -> bool:
+        """Build the frames now (at daemon start), so becoming master sends at once: the first
+        scapy build costs a hundred milliseconds or more, which must not delay a takeover."""
+        if self._built:
+            return True
+        try:
+            frames = await build_frames(self.vips.vips, self.vips.manager)
+        except AddressError as e:
+            self.announcer.errors += 1
+            log.error("%s: cannot build announcements: %s", self.name, e)
+            return False
+        self.announcer.set_frames(frames)
+        self._built = True
+        return True
+
     async def _start(self) -> None:
         await self.vips.settled()
-        if not self._built:
-            try:
-                frames = await build_frames(self.vips.vips, self.vips.manager)
-            except AddressError as e:
-                self.announcer.errors += 1
-                log.error("%s: cannot build announcements: %s", self.name, e)
-                return
-            self.announcer.set_frames(frames)
-            self._built = True
-        self.announcer.start()
+        if await self.prepare():
+            self.announcer.start()

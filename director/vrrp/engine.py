@@ -142,6 +142,7 @@ class Engine:
         # A crashed run may have left VIPs behind: remove them before anything enters BACKUP.
         for runner in self.runners.values():
             await runner.vips.remove_leftovers()
+            await runner.announcer.prepare()
         await self._watch_links()
         for channel in self.channels.values():
             channel.start(loop)

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+# A stopping master keeps its VIPs this long at most after hearing the new master.
+HANDOFF_GRACE_MAX = 0.05
+
 
 class State(enum.Enum):
     INIT = "INIT"
@@ -86,6 +89,7 @@ class Router:
         self._resigned_by: IPAddress | None = None  # master that sent priority 0
         # Set while a sync-group peer is in FAULT: taking MASTER alone would split the group.
         self.hold_backup = False
+        self._handed_to: IPAddress | None = None  # STOPPING: the new master we heard
 
     # ------------------------------------------------------------ derived timers
 
@@ -121,11 +125,11 @@ class Router:
             return self._backup_receive(src, priority, interval_cs, now)
         if self.state is State.MASTER:
             return self._master_receive(src, priority, interval_cs, now)
-        if self.state is State.STOPPING and priority > 0:
-            return [
-                RemoveVips(),
-                *self._move(State.STOP, f"new master {src} heard"),
-            ]
+        if self.state is State.STOPPING and priority > 0 and self._handed_to is None:
+            # The new master announces the VIP (GARP/NA) just after this advert; keep answering
+            # until that has reached the clients, for less than one of its advert intervals.
+            self._handed_to = src
+            self.deadline = now + min(interval_cs / 200, HANDOFF_GRACE_MAX)
         return []
 
     def timer(self, now: float) -> list[Action]:
@@ -144,11 +148,11 @@ class Router:
             self.deadline = now + self.interval
             return [SendAdvert(self.priority)]
         if self.state is State.STOPPING:
-            self.deadline = None
-            return [
-                RemoveVips(),
-                *self._move(State.STOP, "no new master within Master_Down_Interval"),
-            ]
+            if self._handed_to is not None:
+                reason = f"new master {self._handed_to} heard"
+            else:
+                reason = "no new master within Master_Down_Interval"
+            return [RemoveVips(), *self._move(State.STOP, reason)]
         return []
 
     def stop(self, now: float) -> list[Action]:

@@ -283,8 +283,21 @@ def test_stop_graceful_keeps_vip_until_new_master_speaks() -> None:
     b_added = next(t for t, who, added in net.vip_log if who == "B" and added)
     a_removed = [t for t, who, added in net.vip_log if who == "A" and not added][-1]
     assert b_added == pytest.approx(stop_at + 156 / 256)
-    assert a_removed == b_added  # make before break: no instant without a holder
+    # Make before break: A keeps the VIP a moment after B took it, so B's GARP reaches the
+    # clients first; half B's advert interval (0.5 s) capped at 50 ms.
+    assert a_removed == pytest.approx(b_added + 0.05)
     assert net["A"].transitions[-1].reason == "new master 192.0.2.3 heard"
+
+
+def test_handoff_grace_is_under_one_advert_interval() -> None:
+    net = Net(config("A", 150, 2, interval_cs=2), config("B", 100, 3, interval_cs=2))
+    net.start()
+    net.run_until(10)
+    net.apply("A", net["A"].router.stop(net.now))
+    net.run_until(20)
+    b_added = next(t for t, who, added in net.vip_log if who == "B" and added)
+    a_removed = [t for t, who, added in net.vip_log if who == "A" and not added][-1]
+    assert a_removed - b_added == pytest.approx(0.01)  # 20 ms adverts: 10 ms overlap
 
 
 def test_stop_graceful_alone_gives_up_after_master_down_interval() -> None:
