@@ -109,12 +109,15 @@ def _check(
     *,
     ah: bool,
 ) -> Received:
-    if ttl != TTL_REQUIRED:
-        raise Refused(Drop.TTL, f"TTL/hop limit {ttl}, not 255")
     try:
         advert = decode(payload, src, dst)
     except DecodeError as exc:
         raise Refused(exc.reason, exc.detail) from None
+    # Multicast only, as keepalived: its IPv6 unicast adverts leave with hop limit 64 (captured,
+    # tests/data/keepalived-2.2.7-vrrp-v3.json), and unicast is limited to the configured peers.
+    # Checked after decoding so that the drop counts against its instance.
+    if dst.is_multicast and ttl != TTL_REQUIRED:
+        raise Refused(Drop.TTL, f"TTL/hop limit {ttl}, not 255", advert.vrid)
     expect = instances.get(advert.vrid)
     if expect is None:
         raise Refused(Drop.VRID, f"no instance with VRID {advert.vrid}", advert.vrid)
