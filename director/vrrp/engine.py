@@ -15,7 +15,7 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 
 from director import proc
-from director.config.models import Instance, Notify, SyncGroup, Vrrp
+from director.config.models import Instance, Notify, SyncGroup, TrackScript, Vrrp
 from director.vrrp.instance import Announcements, InstanceRunner, Vips
 from director.vrrp.packet import IPAddress
 from director.vrrp.receive import Expect, Refused, check_ipv4, check_ipv6
@@ -39,9 +39,10 @@ class EngineError(Exception):
 async def local_source(ifname: str, family: int, vips: Sequence[IPAddress]) -> IPAddress:
     """This router's own address on `ifname`: for IPv6 its link-local address (RFC 5798 5.1.2.1),
     for IPv4 its first address that is not a VIP."""
-    index = socket.if_nametoindex(ifname) if ifname in dict(socket.if_nameindex()).values() else 0
-    if not index:
-        raise EngineError(f"interface {ifname!r} does not exist")
+    try:
+        index = socket.if_nametoindex(ifname)
+    except OSError:
+        raise EngineError(f"interface {ifname!r} does not exist") from None
     af = socket.AF_INET if family == 4 else socket.AF_INET6
     # The sync IPRoute runs its own event loop, which cannot nest in ours.
     async with AsyncIPRoute() as ipr:
@@ -227,7 +228,7 @@ class Engine:
                         log.info("%s: link %s", name, "up" if up else "down")
                         tracking.apply()
 
-    async def _run_script(self, tracking: InstanceTracking, script: Any) -> None:
+    async def _run_script(self, tracking: InstanceTracking, script: TrackScript) -> None:
         loop = asyncio.get_running_loop()
         state = tracking.scripts[script.name]
         timeout = script.timeout if script.timeout is not None else script.interval
@@ -339,5 +340,5 @@ class Engine:
 
 
 def _link_up(msg: Any) -> bool:
-    flags = int(msg.get("flags") or msg["flags"])
+    flags = int(msg["flags"])
     return bool(flags & IFF_UP and flags & IFF_LOWER_UP)

@@ -50,7 +50,7 @@ class Announcements(Protocol):
     def stop(self) -> None: ...
 
 
-# (instance, transition, effective priority) -> None
+# Called after every state change of an instance (notify, sync groups).
 TransitionHook = Callable[["InstanceRunner", Transition], None]
 
 
@@ -72,13 +72,15 @@ class InstanceRunner:
         self.announcer = announcer
         self.loop = loop
         self.on_transition = on_transition
+        self.interval_cs = round(cfg.advert_interval * 100)
+        self.addresses = tuple(a.ip for a in cfg.addresses)
         self.router = Router(
             RouterConfig(
                 name=cfg.name,
                 vrid=cfg.vrid,
                 version=cfg.version,
                 priority=cfg.priority,
-                interval_cs=round(cfg.advert_interval * 100),
+                interval_cs=self.interval_cs,
                 primary=channel.source,
                 preempt=cfg.preempt,
                 preempt_delay=cfg.preempt_delay,
@@ -101,14 +103,13 @@ class InstanceRunner:
         self.expect = Expect(
             version=cfg.version,
             vrid=cfg.vrid,
-            interval_cs=round(cfg.advert_interval * 100),
-            addresses=frozenset(a.ip for a in cfg.addresses),
+            interval_cs=self.interval_cs,
+            addresses=frozenset(self.addresses),
             auth_type=self.auth_type,
             password=self.password,
             peers=peers,
             ah_check=self.ah_check,
         )
-        self.addresses = tuple(a.ip for a in cfg.addresses)
         self.counters: collections.Counter[str] = collections.Counter()
         self.fault_reasons: tuple[str, ...] = ()
         self.last_transition: tuple[float, str, str] | None = None
@@ -194,7 +195,7 @@ class InstanceRunner:
                     version=self.cfg.version,
                     vrid=self.cfg.vrid,
                     priority=priority,
-                    interval_cs=round(self.cfg.advert_interval * 100),
+                    interval_cs=self.interval_cs,
                     addresses=self.addresses,
                     auth_type=self.auth_type,
                     auth_data=self.password if self.auth_type is AuthType.PASS else b"\0" * 8,
