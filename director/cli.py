@@ -74,8 +74,7 @@ def _load(path: str) -> tuple[int, object]:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    import asyncio
-
+    from director import loop
     from director.config import Config
     from director.daemon import Daemon
 
@@ -89,7 +88,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     )
     logging.getLogger("pyroute2").setLevel(logging.WARNING)  # its debug is per netlink message
     try:
-        return asyncio.run(Daemon(config, args.config).run())
+        return int(loop.run(Daemon(config, args.config).run()))
     except Exception as exc:  # startup failures: one clear line, not a traceback
         logging.getLogger("director").error("cannot start: %s", exc)
         return EXIT_INVALID

@@ -145,7 +145,10 @@ class Router:
                 reason = "master down timer expired"
             return self._become_master(now, reason)
         if self.state is State.MASTER:
-            self.deadline = now + self.interval
+            # From the previous deadline, so a late wake-up does not stretch every interval;
+            # after a stall (more than an interval late) start afresh rather than burst.
+            due = self.deadline + self.interval
+            self.deadline = due if due > now else now + self.interval
             return [SendAdvert(self.priority)]
         if self.state is State.STOPPING:
             if self._handed_to is not None:

@@ -419,3 +419,19 @@ def test_hold_backup_keeps_a_group_member_from_taking_over() -> None:
     net["B"].router.hold_backup = False
     net.run_until(40)
     assert net.state("B") is State.MASTER
+
+
+def test_master_adverts_do_not_drift_when_timers_fire_late() -> None:
+    r = Router(config("A", 255, 2, interval_cs=1))
+    r.start(0.0)
+    fired = []
+    for _ in range(100):
+        assert r.deadline is not None
+        late = r.deadline + 0.0008  # every wake-up 0.8 ms late
+        r.timer(late)
+        fired.append(late)
+    assert r.deadline == pytest.approx(1.01)  # 101 intervals of 10 ms: no accumulated delay
+    # A stall of several intervals restarts the cycle instead of sending a burst.
+    assert r.deadline is not None
+    r.timer(r.deadline + 0.05)
+    assert r.deadline == pytest.approx(1.01 + 0.05 + 0.01)
