@@ -17,7 +17,9 @@ Three parts:
   announcement (-> first reply).
 
 Times are CLOCK_MONOTONIC seconds (`time.monotonic()`). Network namespaces do not change clocks,
-so an orchestrator's cut instant compares directly with the prober's timestamps.
+so an orchestrator's cut instant compares directly with the prober's timestamps. Replies and
+adverts carry the kernel's receive time (SO_TIMESTAMPNS, moved onto the monotonic clock), not the
+moment the prober got round to reading them.
 
 Wire format: a probe is MAGIC + sequence number (8 bytes, big endian); a reply is the probe's 12
 bytes followed by the responder's name in UTF-8.
@@ -64,6 +66,10 @@ IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
 IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 IN_PKTINFO = struct.Struct("=I4s4s")  # ifindex, spec_dst, addr
 IN6_PKTINFO = struct.Struct("=16sI")  # addr, ifindex
+# Kernel receive timestamps (CLOCK_REALTIME, struct timespec): Linux SO_TIMESTAMPNS(_OLD).
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+TIMESPEC = struct.Struct("=qq")
+STAMP_SPACE = socket.CMSG_SPACE(TIMESPEC.size)
 ANCILLARY = socket.CMSG_SPACE(max(IN_PKTINFO.size, IN6_PKTINFO.size))
 # Bounds on what a prober may be asked to do (the CLI refuses more).
 MAX_PROBES = 1_000_000
@@ -283,9 +289,12 @@ def analyse(
 class VrrpTimeline:
     """The adverts around an instant `at` (a cut or a stop), for one VRID.
 
-    - `last_old`: the old master's last advert at or before `at` (the phase of the cut);
-    - `old_zero`: the old master's first priority-0 advert after `at` (a planned stop);
-    - `first_new`: the new master's first advert after `at` (it took over on the wire).
+    - `first_new`: the new master's first advert after `at` (it took over on the wire);
+    - `last_old`: the old master's last advert before `first_new` (or at or before `at` when
+      the new master never spoke). Not "before `at`": a cut takes effect a little after the
+      instant taken just before it, and an advert can still pass in between; the backup's
+      timer runs from the last advert it heard;
+    - `old_zero`: the old master's first priority-0 advert after `at` (a planned stop).
     """
 
     last_old: float | None
@@ -299,17 +308,18 @@ class VrrpTimeline:
 def vrrp_timeline(
     adverts: Iterable[AdvertSeen], *, vrid: int, old_src: str, new_src: str, at: float
 ) -> VrrpTimeline:
-    last_old = old_zero = first_new = None
-    for a in sorted(adverts, key=lambda a: a.at):
-        if a.vrid != vrid:
-            continue
-        if a.src == old_src:
-            if a.at <= at and a.priority > 0:
-                last_old = a.at
-            elif a.at > at and a.priority == 0 and old_zero is None:
-                old_zero = a.at
-        elif a.src == new_src and a.at > at and a.priority > 0 and first_new is None:
-            first_new = a.at
+    mine = sorted((a for a in adverts if a.vrid == vrid), key=lambda a: a.at)
+    first_new = next(
+        (a.at for a in mine if a.src == new_src and a.at > at and a.priority > 0), None
+    )
+    until = at if first_new is None else first_new
+    last_old = max(
+        (a.at for a in mine if a.src == old_src and a.priority > 0 and a.at <= until),
+        default=None,
+    )
+    old_zero = next(
+        (a.at for a in mine if a.src == old_src and a.priority == 0 and a.at > at), None
+    )
     return VrrpTimeline(last_old, old_zero, first_new)
 
 
@@ -496,9 +506,11 @@ def run_prober(
     seen: set[str] = set()
     duplicates = send_errors = stray = 0
     adverts: list[AdvertSeen] = []
-    vrrp = open_vrrp_watch(vrrp_ifname) if vrrp_ifname is not None else None
-    watched = [sock] if vrrp is None else [sock, vrrp]
+    vrrp: socket.socket | None = None
     try:
+        vrrp = open_vrrp_watch(vrrp_ifname) if vrrp_ifname is not None else None
+        watched = [sock] if vrrp is None else [sock, vrrp]
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         sock.connect((host, port))
         sock.setblocking(False)
         started = time.monotonic()
@@ -506,7 +518,7 @@ def run_prober(
         next_send = started
         sending = True
         stop_at: float | None = None  # when sending ended: lingering until stop_at + linger
-        while True:
+        while True:  # bounded: sending ends by `duration` (<= MAX_DURATION), then `linger`
             now = time.monotonic()
             if sending and (
                 len(sent) >= limit or now >= send_until or (should_stop and should_stop())
@@ -536,12 +548,11 @@ def run_prober(
                 continue
             for _ in range(256):  # drain what is queued, bounded
                 try:
-                    data = sock.recv(RECV_BUFFER)
+                    data, at = recv_stamped(sock)
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError:
                     continue  # ICMP error reported on the connected socket
-                at = time.monotonic()
                 if len(data) < HEADER.size or data[:4] != MAGIC:
                     stray += 1
                     continue
@@ -592,6 +603,7 @@ def open_vrrp_watch(ifname: str) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
         mreqn = struct.pack("=4s4si", VRRP_GROUP4, bytes(4), socket.if_nametoindex(ifname))
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -611,13 +623,34 @@ def parse_advert(packet: bytes, at: float) -> AdvertSeen | None:
     return AdvertSeen(at, src, head[1], head[2], head[0] >> 4)
 
 
+def recv_stamped(sock: socket.socket) -> tuple[bytes, float]:
+    """One datagram and when the kernel received it, in monotonic seconds.
+
+    The kernel stamps it in CLOCK_REALTIME (SO_TIMESTAMPNS); how long ago that was is taken off
+    the monotonic clock now. So a prober that wakes late (a busy 2-core machine) still records
+    when the packet arrived, and two packets read in one go keep their own times. (The kernel
+    turns stamping on lazily: the first datagrams after a socket asks for it may carry the read
+    time; the benchmark's probes start well before the instants it measures.)
+    """
+    data, ancdata, _flags, _addr = sock.recvmsg(RECV_BUFFER, STAMP_SPACE)
+    mono = time.monotonic()
+    real_ns = time.time_ns()
+    for level, kind, value in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= TIMESPEC.size:
+            sec, nsec = TIMESPEC.unpack_from(value)
+            age = (real_ns - (sec * 1_000_000_000 + nsec)) / 1e9
+            if 0 <= age < 10:  # otherwise the wall clock moved: keep the read time
+                return data, mono - age
+    return data, mono
+
+
 def read_adverts(sock: socket.socket, into: list[AdvertSeen]) -> None:
     for _ in range(256):  # drain, bounded
         try:
-            packet = sock.recv(RECV_BUFFER)
+            packet, at = recv_stamped(sock)
         except (BlockingIOError, InterruptedError):
             return
-        advert = parse_advert(packet, time.monotonic())
+        advert = parse_advert(packet, at)
         if advert is not None and len(into) < MAX_ADVERTS:
             into.append(advert)
 
