@@ -162,6 +162,16 @@ class Keepalived:
     def log(self) -> str:
         return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
 
+    def wait_log(self, pattern: str, timeout: float) -> float:
+        """Poll the log until `pattern` appears; the monotonic time it was seen."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if re.search(pattern, self.log()):
+                return time.monotonic()
+            assert self.running, self.log()
+            time.sleep(0.05)
+        raise AssertionError(f"keepalived never logged {pattern!r} in {timeout} s:\n{self.log()}")
+
     def states(self, name: str = "VI_1") -> list[str]:
         """Every state the instance entered, in order, as logged."""
         return [m["state"] for m in STATE_RE.finditer(self.log()) if m["name"] == name]

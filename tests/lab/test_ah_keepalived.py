@@ -20,7 +20,6 @@ import argparse
 import ipaddress
 import json
 import os
-import re
 import select
 import signal
 import socket
@@ -31,7 +30,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
@@ -46,6 +45,7 @@ from director.vrrp.auth import (
 from director.vrrp.packet import MCAST4, PROTO_VRRP, Advert, AuthType, checksum, encode
 from director.vrrp.receive import Expect, check_ipv4
 from lab.core import Lab
+from lab.keepalived import Keepalived, running_keepalived
 
 pytestmark = pytest.mark.lab
 
@@ -200,62 +200,6 @@ def keepalived_conf(
     )
 
 
-class Keepalived:
-    """keepalived -P in a lab node, its own pid files and a log file; stopped by pid."""
-
-    def __init__(self, lab: Lab, node: str, conf: str, workdir: Path) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.lab, self.node, self.dir = lab, node, workdir
-        self.conf = workdir / "keepalived.conf"
-        self.conf.write_text(conf)
-        self.logfile = workdir / "keepalived.log"
-        self.proc: subprocess.Popen[Any] | None = None
-        self._log: IO[bytes] | None = None
-
-    def start(self) -> None:
-        self._log = self.logfile.open("wb")
-        d = self.dir
-        argv = ["keepalived", "-P", "-n", "-l", "-D", "-f", str(self.conf)]
-        argv += ["-p", str(d / "keepalived.pid"), "-r", str(d / "vrrp.pid")]
-        self.proc = self.lab.popen(self.node, argv, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def stop(self) -> None:
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)  # `ip netns exec` execs: this is keepalived
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def log(self) -> str:
-        return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
-
-    def wait_log(self, pattern: str, timeout: float) -> float:
-        """Poll the log until `pattern` appears; the monotonic time it was seen."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if re.search(pattern, self.log()):
-                return time.monotonic()
-            assert self.proc is not None and self.proc.poll() is None, self.log()
-            time.sleep(0.05)
-        raise AssertionError(f"keepalived never logged {pattern!r} in {timeout} s:\n{self.log()}")
-
-
-@contextmanager
-def running_keepalived(lab: Lab, conf: str, workdir: Path, node: str = "dir2") -> Iterator[Any]:
-    ka = Keepalived(lab, node, conf, workdir)
-    try:
-        ka.start()
-        yield ka
-    finally:
-        ka.stop()
-
-
 @contextmanager
 def helper(lab: Lab, node: str, *args: str) -> Iterator[subprocess.Popen[str]]:
     """This file run as a script in `node`'s namespace; stopped by pid on exit."""
@@ -345,7 +289,7 @@ def test_keepalived_ah_adverts_verify(lab: Lab, tmp_path: Path, mode: str) -> No
     key = password_field(KEY)
     with (
         helper(lab, "dir1", "capture", "--src", str(DIR2), "--count", "3") as cap,
-        running_keepalived(lab, conf, tmp_path / "ka") as ka,
+        running_keepalived(lab, "dir2", conf, tmp_path / "ka") as ka,
     ):
         wait_ready(cap)
         lines = json_lines(cap, timeout=30)
@@ -392,7 +336,7 @@ def test_keepalived_obeys_our_ah_adverts_and_shares_the_counter(lab: Lab, tmp_pa
     count, first = 10, 1000
     with (
         helper(lab, "dir1", *sender_args(seq=first, count=count)) as sender,
-        running_keepalived(lab, keepalived_conf(), tmp_path / "ka") as ka,
+        running_keepalived(lab, "dir2", keepalived_conf(), tmp_path / "ka") as ka,
     ):
         since = ka.wait_log(r"Entering BACKUP STATE", timeout=10)
         stays_backup(lab, ka, since)
@@ -423,7 +367,7 @@ def test_keepalived_refuses_bad_ah_adverts(
 ) -> None:
     with (
         helper(lab, "dir1", *sender_args(count=15, **args)) as sender,
-        running_keepalived(lab, keepalived_conf(), tmp_path / "ka") as ka,
+        running_keepalived(lab, "dir2", keepalived_conf(), tmp_path / "ka") as ka,
     ):
         since = ka.wait_log(r"Entering BACKUP STATE", timeout=10)
         wait_vip(lab, timeout=MASTER_DOWN + 5)
@@ -440,7 +384,7 @@ def test_keepalived_pass_auth(lab: Lab, tmp_path: Path, good: bool) -> None:
     conf = keepalived_conf(auth="PASS")
     with (
         helper(lab, "dir1", *sender_args(auth="pass", key=password, count=10)),
-        running_keepalived(lab, conf, tmp_path / "ka") as ka,
+        running_keepalived(lab, "dir2", conf, tmp_path / "ka") as ka,
     ):
         since = ka.wait_log(r"Entering BACKUP STATE", timeout=10)
         if good:
