@@ -190,7 +190,8 @@ class InstanceRunner:
         for dst in destinations:
             message = self._messages.get((priority, dst))
             if message is None:
-                # Built once per (priority, destination): the v3 checksum covers the destination.
+                # Built once per (priority, destination), IP header included: the v3 checksum
+                # covers the destination. With AH only the VRRP part can be kept.
                 advert = Advert(
                     version=self.cfg.version,
                     vrid=self.cfg.vrid,
@@ -201,11 +202,13 @@ class InstanceRunner:
                     auth_data=self.password if self.auth_type is AuthType.PASS else b"\0" * 8,
                 )
                 message = encode(advert, self.channel.source, dst)
+                if self.ah_check is None:
+                    message = self.channel.frame(message, dst)
                 self._messages[(priority, dst)] = message
             if self.ah_check is not None:
                 # Sequence number and IP id are inside the ICV: a new packet every time.
                 self._ip_id = next_ip_id(self._ip_id)
-                packet = build_ah_packet(
+                message = build_ah_packet(
                     self.channel.source,  # type: ignore[arg-type]  # AH is IPv4 only
                     dst,  # type: ignore[arg-type]
                     message,
@@ -213,9 +216,7 @@ class InstanceRunner:
                     self.ah_sequence.next_send(),
                     self._ip_id,
                 )
-                self.channel.send(packet, dst, whole_packet=True)
-            else:
-                self.channel.send(message, dst)
+            self.channel.send(message, dst)
         self.counters["adverts_sent"] += 1
         if priority == 0:
             self.counters["priority_zero_sent"] += 1

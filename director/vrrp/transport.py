@@ -163,19 +163,23 @@ class Channel:
     def destinations(self, peers: Iterable[IPAddress]) -> list[IPAddress]:
         return [self.group] if self.multicast else list(peers)
 
-    def send(self, message: bytes, dst: IPAddress, *, whole_packet: bool = False) -> None:
-        """Send one VRRP message to `dst`; `whole_packet`: `message` already is a complete IPv4
-        packet (AH)."""
+    def frame(self, message: bytes, dst: IPAddress) -> bytes:
+        """What `send` takes for an encoded VRRP message: IPv4 goes out on IPPROTO_RAW with our
+        own header, IPv6 as it is. Callers keep the result; it only depends on `dst`."""
+        if self.family == socket.AF_INET:
+            return ipv4_header(self.source, dst, PROTO_VRRP, len(message)) + message
+        return message
+
+    def send(self, packet: bytes, dst: IPAddress) -> None:
+        """Send one framed advert (see `frame`; with AH, a whole IPv4 packet) to `dst`."""
         try:
             if self.family == socket.AF_INET:
-                if not whole_packet:
-                    message = ipv4_header(self.source, dst, PROTO_VRRP, len(message)) + message
-                self.out.sendto(message, (str(dst), 0))
+                self.out.sendto(packet, (str(dst), 0))
             else:
                 info = self.source.packed + struct.pack("=I", self.ifindex)
                 scope = self.ifindex if dst.is_link_local or dst.is_multicast else 0
                 self.out.sendmsg(
-                    [message],
+                    [packet],
                     [(socket.IPPROTO_IPV6, IPV6_PKTINFO, info)],
                     0,
                     (str(dst), 0, 0, scope),

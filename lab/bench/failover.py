@@ -795,6 +795,12 @@ def fmt_ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:.1f}"
 
 
+def cpu_line(role: str, fig: dict[str, Any], mark: str = "") -> str:
+    """One process's CPU and memory line of the report."""
+    rss = fig["rss_kib"] / 1024
+    return f"  {role:26} {fig['cpu_percent']:6.2f} % of a core, RSS {rss:.1f} MiB{mark}\n"
+
+
 def stats_ms(values: Sequence[float]) -> str:
     s = summary(values)
     if s is None:
@@ -941,10 +947,7 @@ def report(data: dict[str, Any], out: IO[str]) -> None:
                 mark = ""
                 if cpu["impl"] == "director" and role.startswith("master"):
                     mark = f"  {verdict(fig['cpu_percent'] <= TARGET_CPU)} (<= {TARGET_CPU} %)"
-                out.write(
-                    f"  {role:26} {fig['cpu_percent']:6.2f} % of a core, "
-                    f"RSS {fig['rss_kib'] / 1024:.1f} MiB{mark}\n"
-                )
+                out.write(cpu_line(role, fig, mark))
     for soak in data.get("soak", []):
         if "error" in soak:
             out.write(f"\nSoak, {soak['impl']}: error: {soak['error']}\n")
@@ -956,10 +959,7 @@ def report(data: dict[str, Any], out: IO[str]) -> None:
             f"dir2 {soak['transitions_dir2']})  {verdict(soak['spurious'] == 0)}\n"
         )
         for role, fig in soak["cpu"].items():
-            out.write(
-                f"  {role:26} {fig['cpu_percent']:6.2f} % of a core, "
-                f"RSS {fig['rss_kib'] / 1024:.1f} MiB\n"
-            )
+            out.write(cpu_line(role, fig))
     for note in data.get("notes", []):
         out.write(f"note: {note}\n")
 
