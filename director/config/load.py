@@ -24,6 +24,7 @@ from director.config.rules import (
     SERVICE_PLACEHOLDERS,
     Diagnostic,
     check_all,
+    check_ipvs,
 )
 from director.config.yamlpos import Document, Path, YamlSyntaxError, load_document
 
@@ -108,6 +109,8 @@ def check_text(text: str, filename: str = "<config>") -> Report:
     report.diagnostics.extend(
         check_all(instances, groups, services, instance_names=names, vips=vips)
     )
+    if config is not None:
+        report.diagnostics.extend(check_ipvs(config.ipvs, names))
 
     report.diagnostics.sort(key=lambda d: _sort_key(document, d))
     if not report.errors:

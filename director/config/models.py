@@ -390,10 +390,58 @@ class RealServer(Model):
     check: Check | None = None  # replaces the service's check for this real server
 
 
+FwMark = Annotated[int, Field(ge=1, le=0xFFFFFFFF)]
+MAX_RANGE = 4096
+
+
+def expand_vips(text: str) -> list[IPAddress]:
+    """`192.0.2.10`, or a range `192.0.2.10-19` (last octet, as keepalived writes it),
+    `192.0.2.10-192.0.2.19`, `2001:db8::10-1f` (last hextet, hex)."""
+    first, dash, last = text.strip().partition("-")
+    start = _parse_address(first.strip())
+    if not dash:
+        return [start]
+    last = last.strip()
+    if "." in last or ":" in last:
+        end = _parse_address(last)
+    else:
+        try:
+            tail = int(last, 16 if start.version == 6 else 10)
+        except ValueError:
+            raise ValueError(f"range end {last!r} in {text!r} is not a number") from None
+        unit = 0xFFFF if start.version == 6 else 0xFF
+        if not 0 <= tail <= unit:
+            raise ValueError(f"range end {last!r} in {text!r} is out of range")
+        end = ipaddress.ip_address((int(start) & ~unit) | tail)
+    if end.version != start.version or int(end) < int(start):
+        raise ValueError(f"range {text!r} must go up within one address family")
+    if int(end) - int(start) >= MAX_RANGE:
+        raise ValueError(f"range {text!r} holds more than {MAX_RANGE} addresses")
+    return [ipaddress.ip_address(n) for n in range(int(start), int(end) + 1)]
+
+
+def _vip_entry(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError(f"expected an address or range such as 192.0.2.10-19, got {value!r}")
+    expand_vips(value)
+    return value.strip()
+
+
+VipEntry = Annotated[
+    str,
+    BeforeValidator(_vip_entry),
+    Field(description="an address, or a range: 192.0.2.10-19, 192.0.2.10-192.0.2.19"),
+]
+
+
 class Service(Model):
     name: Name
     vip: Address | None = None
-    fwmark: Annotated[int, Field(ge=1, le=0xFFFFFFFF)] | None = None
+    fwmark: FwMark | None = None
+    # A service group (keepalived's virtual_server_group): one definition for several VIPs,
+    # ranges and marks.
+    vips: list[VipEntry] = []
+    fwmarks: list[FwMark] = []
     family: Literal[4, 6] | None = None  # fwmark services only; defaults to 4
     port: Port | None = None
     protocol: Literal["tcp", "udp", "sctp"] = "tcp"
@@ -414,6 +462,54 @@ class Service(Model):
     sorry_server: SorryServer | None = None
     real_servers: list[RealServer] = []
 
+    @property
+    def addresses(self) -> list[IPAddress]:
+        """Every virtual address of the service, ranges expanded, in order, without repeats."""
+        out = [self.vip] if self.vip is not None else []
+        for entry in self.vips:
+            out.extend(expand_vips(entry))
+        return list(dict.fromkeys(out))
+
+    @property
+    def marks(self) -> list[int]:
+        out = [self.fwmark] if self.fwmark is not None else []
+        return list(dict.fromkeys([*out, *self.fwmarks]))
+
+
+# ---------------------------------------------------------------- ipvs
+
+
+class SyncDaemon(Model):
+    """The kernel's connection sync daemon, following a VRRP instance (keepalived's
+    lvs_sync_daemon): master while the instance is MASTER, backup otherwise."""
+
+    instance: Name
+    interface: IfName
+    sync_id: Annotated[int, Field(ge=0, le=255)] = 0
+    maxlen: Annotated[int, Field(ge=0, le=65507)] = 0  # 0: the kernel's default (MTU based)
+    group: Address | None = None  # multicast group; default 224.0.0.81
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None  # default 8848
+    ttl: Annotated[int, Field(ge=1, le=255)] | None = None  # default 1
+
+
+class IpvsTimeouts(Model):
+    """ipvsadm --set: 0 keeps the kernel's value."""
+
+    tcp: Duration = 0.0
+    tcpfin: Duration = 0.0
+    udp: Duration = 0.0
+
+
+class Ipvs(Model):
+    # Own the whole IPVS table: remove services the config does not name (ipvsadm -C style).
+    flush: bool = False
+    # Re-read the kernel and repair drift (an operator's ipvsadm -C) this often.
+    resync_interval: Annotated[Duration, Field(ge=0.1, le=3600)] = 10.0
+    # Set the sysctls the forwarding modes need (docs/ipvs.md lists them) at start.
+    sysctls: bool = True
+    sync_daemon: SyncDaemon | None = None
+    timeouts: IpvsTimeouts | None = None
+
 
 # ---------------------------------------------------------------- root
 
@@ -421,4 +517,5 @@ class Service(Model):
 class Config(Model):
     node: Node = Node()
     vrrp: Vrrp = Vrrp()
+    ipvs: Ipvs = Ipvs()
     services: list[Service] = []

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from director.config.durations import format_duration
-from director.config.models import Check, Instance, Service, SyncGroup
+from director.config.models import Check, Instance, Ipvs, Service, SyncGroup, expand_vips
 from director.config.partial import Item, run_rule
 from director.config.yamlpos import Path
 
@@ -237,23 +237,37 @@ def check_sync_groups(
 
 
 def _service_family(svc: Service) -> int:
-    if svc.vip is not None:
-        return svc.vip.version
+    addresses = svc.addresses
+    if addresses:
+        return addresses[0].version
     return svc.family or 4
 
 
 def _vip_or_fwmark(at: Path, svc: Service) -> Iterator[Diagnostic]:
-    if svc.vip is None and svc.fwmark is None:
-        yield Diagnostic(at, "a service needs vip (with port) or fwmark")
+    if not svc.addresses and not svc.marks:
+        yield Diagnostic(at, "a service needs vip (with port), fwmark, or a group: vips, fwmarks")
     if svc.vip is not None and svc.fwmark is not None:
         yield Diagnostic((*at, "fwmark"), "vip and fwmark exclude each other; keep one")
-    if svc.family is not None and svc.fwmark is None:
+    if svc.vip is not None and svc.vips:
+        yield Diagnostic((*at, "vips"), "vip and vips exclude each other; list every vip in vips")
+    if svc.fwmark is not None and svc.fwmarks:
+        yield Diagnostic((*at, "fwmarks"), "fwmark and fwmarks exclude each other")
+    if svc.family is not None and not svc.marks:
         yield Diagnostic((*at, "family"), "family applies to fwmark services only")
+    addresses = svc.addresses
+    if addresses and svc.family is not None and svc.family != addresses[0].version:
+        yield Diagnostic((*at, "family"), f"family {svc.family} differs from the vips' family")
+    for v, entry in enumerate(svc.vips):
+        if expand_vips(entry)[0].version != addresses[0].version:
+            yield Diagnostic(
+                (*at, "vips", v),
+                f"{entry} is not {_family(addresses[0].version)} like the service's first vip",
+            )
 
 
 def _port(at: Path, svc: Service) -> Iterator[Diagnostic]:
-    if svc.vip is None:
-        return
+    if not svc.addresses:
+        return  # a fwmark service's port is only its real servers' default
     if svc.port is None:
         yield Diagnostic((*at, "port"), "a vip service needs a port (0: all, with persistence)")
     elif svc.port == 0 and svc.persistence is None:
@@ -262,10 +276,12 @@ def _port(at: Path, svc: Service) -> Iterator[Diagnostic]:
 
 def _vip_known(vips: set[IPAddress]) -> Callable[[Path, Service], Iterator[Diagnostic]]:
     def rule(at: Path, svc: Service) -> Iterator[Diagnostic]:
-        if svc.vip is not None and svc.vip not in vips:
+        unknown = [a for a in svc.addresses if a not in vips]
+        if unknown:
+            shown = ", ".join(map(str, unknown[:3])) + (" ..." if len(unknown) > 3 else "")
             yield Diagnostic(
-                (*at, "vip"),
-                f"{svc.vip} is not a VIP of any vrrp instance here; nothing moves it on failover",
+                (*at, "vip" if svc.vip is not None else "vips"),
+                f"{shown} is not a VIP of any vrrp instance here; nothing moves it on failover",
                 severity="warning",
             )
 
@@ -414,12 +430,27 @@ def check_services_together(services: list[Item[Service]]) -> Iterator[Diagnosti
                 f"service name {svc.name!r} is already used by services[{names[svc.name]}]",
             )
         names.setdefault(svc.name, s)
-        if svc.fwmark is not None:
-            key: tuple[object, ...] = ("fwmark", _service_family(svc), svc.fwmark)
-            shown = f"fwmark {svc.fwmark}"
-        else:
-            key = (svc.protocol, svc.vip, svc.port)
-            shown = f"{svc.protocol} {svc.vip}:{svc.port}"
-        if key in keys:
-            yield Diagnostic(at, f"{shown} is already defined by services[{keys[key]}]")
-        keys.setdefault(key, s)
+        family = _service_family(svc)
+        virtuals: list[tuple[tuple[object, ...], str]] = [
+            (("fwmark", family, mark), f"fwmark {mark}") for mark in svc.marks
+        ]
+        virtuals += [
+            ((svc.protocol, address, svc.port), f"{svc.protocol} {address}:{svc.port}")
+            for address in svc.addresses
+        ]
+        for key, shown in virtuals:
+            if key in keys and keys[key] != s:
+                yield Diagnostic(at, f"{shown} is already defined by services[{keys[key]}]")
+            keys.setdefault(key, s)
+
+
+def check_ipvs(ipvs: Ipvs, instance_names: set[str]) -> Iterator[Diagnostic]:
+    daemon = ipvs.sync_daemon
+    if daemon is not None and daemon.instance not in instance_names:
+        known = ", ".join(sorted(instance_names)) or "none"
+        yield Diagnostic(
+            ("ipvs", "sync_daemon", "instance"),
+            f"no vrrp instance named {daemon.instance!r} (known: {known})",
+        )
+    if daemon is not None and daemon.group is not None and not daemon.group.is_multicast:
+        yield Diagnostic(("ipvs", "sync_daemon", "group"), f"{daemon.group} is not multicast")

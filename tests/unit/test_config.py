@@ -212,6 +212,60 @@ FAILING = [
     ("sorry-server-ip", _set(f"{S0}.sorry_server", "nowhere:80"), "sorry_server", "not a valid"),
     ("vip-and-fwmark", _set(f"{S0}.fwmark", 7), "services[0].fwmark", "exclude each other"),
     ("vip-no-port", _set(f"{S0}.port", _DELETE), "services[0].port", "needs a port"),
+    ("vip-and-vips", _set(f"{S0}.vips", ["192.0.2.101"]), "services[0].vips", "exclude"),
+    (
+        "vips-range-backwards",
+        lambda d: (d["services"][0].pop("vip"), d["services"][0].update(vips=["192.0.2.9-3"])),
+        "services[0].vips[0]",
+        "must go up",
+    ),
+    (
+        "vips-range-too-long",
+        lambda d: (
+            d["services"][0].pop("vip"),
+            d["services"][0].update(vips=["10.0.0.0-10.1.0.0"]),
+        ),
+        "services[0].vips[0]",
+        "more than 4096",
+    ),
+    (
+        "vips-mixed-family",
+        lambda d: (
+            d["services"][0].pop("vip"),
+            d["services"][0].update(vips=["192.0.2.100", "2001:db8::1"]),
+        ),
+        "services[0].vips[1]",
+        "not IPv4",
+    ),
+    (
+        "group-overlap",
+        lambda d: d["services"].append(
+            {"name": "other", "vips": ["192.0.2.99-101"], "port": d["services"][0]["port"]}
+        ),
+        "services[1]",
+        "192.0.2.100:80 is already defined by services[0]",
+    ),
+    (
+        "sync-daemon-instance",
+        _set("ipvs", {"sync_daemon": {"instance": "VI_X", "interface": "eth0"}}),
+        "ipvs.sync_daemon.instance",
+        "no vrrp instance named 'VI_X'",
+    ),
+    (
+        "sync-daemon-group",
+        _set(
+            "ipvs",
+            {"sync_daemon": {"instance": "VI_1", "interface": "eth0", "group": "192.0.2.1"}},
+        ),
+        "ipvs.sync_daemon.group",
+        "not multicast",
+    ),
+    (
+        "resync-interval",
+        _set("ipvs", {"resync_interval": "10ms"}),
+        "ipvs.resync_interval",
+        "greater",
+    ),
     ("scheduler", _set(f"{S0}.scheduler", "fastest"), "services[0].scheduler", "input should"),
     (
         "scheduler-flag",
@@ -312,6 +366,25 @@ PASSING = [
     ("sorry-v4", _set(f"{S0}.sorry_server", "192.0.2.99:8080")),
     ("sorry-bare", _set(f"{S0}.sorry_server", "192.0.2.99")),
     ("fwmark", lambda d: (d["services"][0].pop("vip"), d["services"][0].update(fwmark=7))),
+    (
+        "group",
+        lambda d: (
+            d["services"][0].pop("vip"),
+            d["services"][0].update(vips=["192.0.2.100", "192.0.2.110-119"], fwmarks=[3, 4]),
+        ),
+    ),
+    (
+        "ipvs-section",
+        _set(
+            "ipvs",
+            {
+                "flush": True,
+                "resync_interval": "5s",
+                "sync_daemon": {"instance": "VI_1", "interface": "eth0", "sync_id": 7},
+                "timeouts": {"tcp": "15m", "udp": "5m"},
+            },
+        ),
+    ),
     ("sched-flag", lambda d: d["services"][0].update(scheduler="mh", scheduler_flags=["mh-port"])),
     ("udp-ops", lambda d: d["services"][0].update(protocol="udp", one_packet=True)),
     (
@@ -451,7 +524,7 @@ def test_config_schema_is_json_schema(capsys: pytest.CaptureFixture[str]) -> Non
     code, out, _ = run_cli("config-schema", capsys=capsys)
     assert code == 0
     schema = json.loads(out)
-    assert set(schema["properties"]) == {"node", "vrrp", "services"}
+    assert set(schema["properties"]) == {"node", "vrrp", "ipvs", "services"}
     assert schema["additionalProperties"] is False
     instance = schema["$defs"]["Instance"]
     assert "vrid" in instance["required"]
@@ -497,3 +570,21 @@ def test_a_bad_key_hides_no_other_mistake_and_invents_none() -> None:
     # With the version unknown, "auth needs v2" or "v2 is IPv4 only" would be guesses: not said.
     assert not any("instances[1].auth" in line for line in lines), lines
     assert len(lines) == 3, lines
+
+
+def test_service_group_expands_ranges_in_order() -> None:
+    data = base()
+    svc = data["services"][0]
+    svc.pop("vip")
+    svc["vips"] = ["192.0.2.100", "192.0.2.110-112", "192.0.2.100"]
+    report = check(data)
+    assert report.config is not None, messages(report)
+    addresses = [str(a) for a in report.config.services[0].addresses]
+    assert addresses == ["192.0.2.100", "192.0.2.110", "192.0.2.111", "192.0.2.112"]
+    from director.config.models import expand_vips
+
+    assert [str(a) for a in expand_vips("2001:db8::fe-100")] == [
+        "2001:db8::fe",
+        "2001:db8::ff",
+        "2001:db8::100",
+    ]
