@@ -8,8 +8,12 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from director import __version__
+
+if TYPE_CHECKING:
+    from director.config import Config
 
 EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
 
@@ -88,7 +92,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     )
     logging.getLogger("pyroute2").setLevel(logging.WARNING)  # its debug is per netlink message
     try:
-        return int(loop.run(Daemon(config, args.config).run()))
+        return int(loop.run(Daemon(config, args.config, keep_ipvs=args.keep_ipvs).run()))
     except Exception as exc:  # startup failures: one clear line, not a traceback
         logging.getLogger("director").error("cannot start: %s", exc)
         return EXIT_INVALID
@@ -116,6 +120,39 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _with_config(args: argparse.Namespace, run: Callable[[Config], int]) -> int:
+    from director.config import Config
+
+    code, config = _load(args.config)
+    if not isinstance(config, Config):
+        return code
+    return run(config)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from director.ipvs.commands import cmd_plan as plan
+
+    return _with_config(args, lambda cfg: plan(cfg, flush=args.flush))
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from director.ipvs.commands import cmd_apply as apply
+
+    if not args.once:
+        print(
+            "director apply: --once is required (continuous reconciling is `director start`)",
+            file=sys.stderr,
+        )
+        return EXIT_UNREADABLE
+    return _with_config(args, lambda cfg: apply(cfg, with_vips=args.with_vips))
+
+
+def cmd_flush(args: argparse.Namespace) -> int:
+    from director.ipvs.commands import cmd_flush as flush
+
+    return _with_config(args, flush)
+
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -141,7 +178,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     start.add_argument("-c", "--config", required=True, metavar="FILE")
     start.add_argument("--debug", action="store_true", help="log every dropped advert")
+    start.add_argument(
+        "--keep-ipvs",
+        action="store_true",
+        help="leave the IPVS services in place on stop (restart without dropping traffic)",
+    )
     start.set_defaults(handler=cmd_start)
+
+    plan = sub.add_parser(
+        "plan",
+        help="print what apply would change in the live IPVS table; change nothing",
+        description="Exit 0 whenever the plan could be computed, whatever it found.",
+    )
+    plan.add_argument("-c", "--config", required=True, metavar="FILE")
+    plan.add_argument("--flush", action="store_true", help="plan as if ipvs.flush were set")
+    plan.set_defaults(handler=cmd_plan)
+
+    apply = sub.add_parser(
+        "apply",
+        help="program IPVS (modules, sysctls, services) from the config and exit",
+    )
+    apply.add_argument("-c", "--config", required=True, metavar="FILE")
+    apply.add_argument("--once", action="store_true", help="apply once and exit (required)")
+    apply.add_argument(
+        "--with-vips", action="store_true", help="also add every vrrp instance's VIPs"
+    )
+    apply.set_defaults(handler=cmd_apply)
+
+    flush = sub.add_parser("flush", help="remove the IPVS services this director owns")
+    flush.add_argument("-c", "--config", required=True, metavar="FILE")
+    flush.set_defaults(handler=cmd_flush)
 
     status = sub.add_parser("status", help="print the running director's state as JSON")
     where = status.add_mutually_exclusive_group(required=True)

@@ -12,6 +12,7 @@ from typing import Any
 from director import __version__, proc
 from director.api.control import ControlServer
 from director.config.models import Config, Instance
+from director.ipvs.runtime import IpvsRuntime
 from director.net.addresses import InstanceVips, VipManager
 from director.vrrp.announce import InstanceAnnouncer, PacketSockets
 from director.vrrp.engine import Engine
@@ -21,11 +22,13 @@ log = logging.getLogger("director")
 
 
 class Daemon:
-    def __init__(self, config: Config, config_path: str) -> None:
+    def __init__(self, config: Config, config_path: str, *, keep_ipvs: bool = False) -> None:
         self.config = config
         self.config_path = config_path
         self.started_at = time.time()
         self.engine = Engine(config.vrrp, parts=self._parts)
+        self.ipvs = IpvsRuntime(config, keep_on_stop=keep_ipvs)
+        self.engine.listeners.append(self.ipvs.instance_changed)
         self.control = ControlServer(config.node.control_socket, self._control)
         self._stop = asyncio.Event()
         # One netlink socket for every instance's VIPs, one packet socket per interface.
@@ -42,19 +45,24 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         await self.control.start()
         try:
+            # IPVS first: a node that becomes master must already forward for its VIPs.
+            await self.ipvs.start()
             await self.engine.start()
             log.info(
-                "director %s started (%s): %d vrrp instance(s)",
+                "director %s started (%s): %d vrrp instance(s), %d service(s)",
                 __version__,
                 self.config.node.name,
                 len(self.config.vrrp.instances),
+                len(self.config.services),
             )
             await self._stop.wait()
             log.info("stopping")
             await self.engine.stop()
+            await self.ipvs.stop()
             await proc.drain()
         finally:
             self.engine.close()
+            self.ipvs.close()
             self.vip_manager.close()
             self.packet_sockets.close()
             await self.control.close()
@@ -77,4 +85,5 @@ class Daemon:
             "config": self.config_path,
             "uptime": round(time.time() - self.started_at, 3),
             "vrrp": self.engine.status(),
+            "ipvs": self.ipvs.status(),
         }

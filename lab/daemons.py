@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -13,6 +11,7 @@ from typing import IO, Any
 
 import yaml
 
+from director.api.control import ControlError, request
 from lab.core import Lab
 
 DIRECTOR = [sys.executable, "-m", "director"]
@@ -60,17 +59,15 @@ class Director:
         self.socket = str(cfg.parent / f"{node}.sock")
 
     def status(self) -> dict[str, Any] | None:
-        done = subprocess.run(
-            [*DIRECTOR, "status", "--socket", self.socket],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        if done.returncode != 0:
+        """The daemon's status over its control socket, None while it does not answer. Asked
+        in-process rather than through `director status`: a Python start-up per poll costs
+        seconds in the VM (the CLI itself is tested in tests/lab/test_vrrp_daemon.py)."""
+        try:
+            answer = request(self.socket, {"command": "status"}, timeout=10)
+        except (ControlError, OSError, ValueError):
             return None
-        answer: dict[str, Any] = json.loads(done.stdout)
-        return answer
+        status = answer.get("status")
+        return status if answer.get("ok") and isinstance(status, dict) else None
 
     def instance(self, name: str | None = None) -> dict[str, Any] | None:
         status = self.status()

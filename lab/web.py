@@ -117,7 +117,9 @@ def get_once(url: str, timeout: float, source: str | None = None) -> dict[str, A
         conn.close()
 
 
-def get_many(url: str, count: int, timeout: float, deadline: float) -> dict[str, Any]:
+def get_many(
+    url: str, count: int, timeout: float, deadline: float, source: str | None = None
+) -> dict[str, Any]:
     names: Counter[str] = Counter()
     clients: set[str] = set()
     servers: set[str] = set()
@@ -128,7 +130,7 @@ def get_many(url: str, count: int, timeout: float, deadline: float) -> dict[str,
             errors.append("deadline reached")
             break
         try:
-            data = get_once(url, timeout)
+            data = get_once(url, timeout, source)
         except (OSError, ValueError, http.client.HTTPException) as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
             continue
@@ -144,6 +146,30 @@ def get_many(url: str, count: int, timeout: float, deadline: float) -> dict[str,
     }
 
 
+def hold_connection(url: str, timeout: float) -> int:
+    """One TCP connection for the whole run (a long-lived client across a failover): for each
+    line on stdin, one request on it, one JSON line out (`{"error": ...}` when it fails; a
+    failed connection is not reopened, so the caller sees whether the same one survived)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=timeout)
+    broken: str | None = None
+    for _ in sys.stdin:
+        if broken is None:
+            try:
+                conn.request("GET", parts.path or "/")
+                response = conn.getresponse()
+                data: dict[str, Any] = json.loads(response.read())
+                data["status"] = response.status
+                data["port"] = conn.sock.getsockname()[1] if conn.sock else None
+                print(json.dumps(data), flush=True)
+                continue
+            except (OSError, ValueError, http.client.HTTPException) as exc:
+                broken = f"{type(exc).__name__}: {exc}"
+        print(json.dumps({"error": broken}), flush=True)
+    conn.close()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab.web", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -156,12 +182,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     get.add_argument("--count", type=int, default=1)
     get.add_argument("--timeout", type=float, default=2.0)
     get.add_argument("--deadline", type=float, default=60.0, help="stop after this many seconds")
+    get.add_argument("--source", help="local address to connect from")
+    hold = sub.add_parser("hold", help="one keep-alive connection; a request per stdin line")
+    hold.add_argument("url")
+    hold.add_argument("--timeout", type=float, default=2.0)
     args = parser.parse_args(argv)
+    if args.command == "hold":
+        return hold_connection(args.url, args.timeout)
     if args.command == "serve":
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve(args.name, args.listen, args.status))
         return 0
-    result = get_many(args.url, max(1, min(args.count, 100_000)), args.timeout, args.deadline)
+    count = max(1, min(args.count, 100_000))
+    result = get_many(args.url, count, args.timeout, args.deadline, args.source)
     print(json.dumps(result))
     return 0 if not result["errors"] else 1
 

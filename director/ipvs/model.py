@@ -11,6 +11,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Literal
 
 # include/uapi/linux/ip_vs.h
 IP_VS_SVC_F_PERSISTENT = 0x0001
@@ -143,3 +144,25 @@ Table = Mapping[ServiceKey, Service]
 
 def table(services: list[Service] | tuple[Service, ...]) -> dict[ServiceKey, Service]:
     return {s.key: s for s in services}
+
+
+# IPVS connection-sync daemon states (IP_VS_STATE_*)
+IP_VS_STATE_MASTER = 0x1
+IP_VS_STATE_BACKUP = 0x2
+SYNC_STATES = {"master": IP_VS_STATE_MASTER, "backup": IP_VS_STATE_BACKUP}
+
+
+@dataclass(frozen=True)
+class SyncDaemon:
+    """One of the kernel's connection-sync daemons (at most a master and a backup per netns).
+
+    To start one, 0 and "" ask for the kernel's default (maxlen from the interface's MTU, group
+    224.0.0.81, port 8848, ttl 1); as read back, every field holds the value in effect."""
+
+    state: Literal["master", "backup"]
+    interface: str
+    sync_id: int
+    maxlen: int = 0
+    group: str = ""  # multicast group, IPv4 or IPv6; canonical
+    port: int = 0
+    ttl: int = 0

@@ -107,6 +107,8 @@ class Engine:
         self.group_of: dict[str, SyncGroup] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._ipr: AsyncIPRoute | None = None
+        # Called with (instance name, new state) on every transition (the IPVS sync daemon).
+        self.listeners: list[Callable[[str, str], None]] = []
 
     # ------------------------------------------------------------ build
 
@@ -264,6 +266,8 @@ class Engine:
 
     def _transitioned(self, runner: InstanceRunner, change: Transition) -> None:
         self._notify(runner.cfg.notify, "INSTANCE", runner.name, change.new, runner)
+        for listener in self.listeners:
+            listener(runner.name, change.new.value)
         group = self.group_of.get(runner.name)
         if group is None:
             return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,16 @@ def test_election_failover_preemption_and_clean_stop(
 
     status = d2.status()
     assert status is not None
+    # The operator's view: `director status` prints the same document.
+    cli = subprocess.run(
+        [*DIRECTOR, "status", "--socket", d2.socket],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["node"] == status["node"] == "dir2"
     inst = status["vrrp"]["instances"][0]
     assert inst["master"] == lab.addr("dir1", "lan")
     assert inst["counters"]["adverts_received"] > 0
