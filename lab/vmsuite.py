@@ -21,8 +21,9 @@ from lab.vm import CHECKOUT, IN_VM_ENV, VmError, VmSetupError, format_tail, run_
 
 INNER_DIR = "tests/vm"
 SUITE_RWDIR = CHECKOUT / "results" / "vm" / "suite"
-# Boot is about 20-30 s under TCG; the rest is the inner tests, several times slower than native.
-SUITE_TIMEOUT = 900.0
+# Boot is about 20-30 s under TCG; the rest is the inner tests (real traffic through IPVS,
+# failovers), several times slower than native: about 10 min on an idle 2-core machine.
+SUITE_TIMEOUT = 1800.0
 BOOT_TIMEOUT = 180.0
 
 
