@@ -252,6 +252,8 @@ def _set_buffer(sock: socket.socket, force: int, plain: int, size: int) -> None:
 class IpvsKernel:
     """The kernel's IPVS table in one network namespace (the caller's when netns is None)."""
 
+    FAMILY_NAME = nl.IPVS_GENL_NAME  # a class attribute so that a test can ask for a missing one
+
     def __init__(self, netns: str | None = None, *, batch_size: int = DEFAULT_BATCH) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -359,7 +361,7 @@ class IpvsKernel:
     def _resolve_family(self) -> int:
         seq = self._next_seq()
         try:
-            replies = self._request(nl.encode_get_family(seq), seq)
+            replies = self._request(nl.encode_get_family(seq, self.FAMILY_NAME), seq)
         except nl.NetlinkError as exc:
             if exc.errno == errnos.ENOENT:
                 raise IpvsError(

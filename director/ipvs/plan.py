@@ -81,6 +81,8 @@ def plan(desired: Table, actual: Table, owns: Callable[[ServiceKey], bool]) -> l
             put_services.append(AddService(key, want.spec))
             put_dests.extend(AddDest(key, d, want.dests[d]) for d in sorted(want.dests))
             continue
+        if have.spec == want.spec and have.dests == want.dests:
+            continue  # the common case on a resync: no sorting, no per-server comparison
         if have.spec != want.spec:
             put_services.append(SetService(key, want.spec, have.spec))
         del_dests.extend(DelDest(key, d) for d in sorted(have.dests.keys() - want.dests.keys()))

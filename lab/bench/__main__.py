@@ -1,4 +1,4 @@
-"""`python -m lab.bench NAME [ARGS]`: run one benchmark (`failover`)."""
+"""`python -m lab.bench NAME [ARGS]`: run one benchmark (`failover`, `ipvs`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ def _failover(argv: Sequence[str]) -> int:
     return main(argv)
 
 
-BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {"failover": _failover}
+def _ipvs(argv: Sequence[str]) -> int:
+    from lab.bench.ipvs import main
+
+    return main(argv)
+
+
+BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {"failover": _failover, "ipvs": _ipvs}
 
 
 def main(argv: Sequence[str]) -> int:

@@ -324,6 +324,18 @@ def test_common_errors_in_operator_terms(kernel: IpvsKernel) -> None:
     assert kernel.dump() == {key: svc(key, ServiceSpec("rr"), r1=DestSpec(FWD_DROUTE))}
 
 
+def test_missing_ipvs_family_is_a_clear_error(kernel: IpvsKernel, netns_name: str) -> None:
+    """What a kernel without ip_vs answers (ip_vs itself is loaded here: ask for a family
+    that does not exist)."""
+
+    class Missing(IpvsKernel):
+        FAMILY_NAME = "IPVS_NONE"
+
+    with pytest.raises(IpvsError, match=r"load the ip_vs kernel module \(modprobe ip_vs\)") as info:
+        Missing(netns_name)
+    assert info.value.unavailable
+
+
 def test_missing_namespace_is_a_clear_error() -> None:
     with pytest.raises(IpvsError, match="network namespace 'dvm-no-such-ns' not found"):
         IpvsKernel("dvm-no-such-ns")
