@@ -111,6 +111,19 @@ def write_config(path: Path, node: str, services: list[dict[str, Any]], **extra:
     return path
 
 
+def web_service(forwarding: str, reals: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """The lab's usual service: `web`, VIP:80, round robin."""
+    return {
+        "name": "web",
+        "vip": VIP,
+        "port": 80,
+        "scheduler": "rr",
+        "forwarding": forwarding,
+        "real_servers": reals,
+        **extra,
+    }
+
+
 def director(lab: Lab, node: str, *args: str) -> str:
     return run(lab, node, [PY, "-m", "director", *args])
 

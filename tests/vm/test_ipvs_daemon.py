@@ -13,7 +13,18 @@ import pytest
 
 from lab.core import Lab
 from lab.daemons import Director, wait_for
-from lab.lvs import BACKEND_GW, PY, VIP, backends, fetch, ipvsadm, prepare_dr, run, write_config
+from lab.lvs import (
+    BACKEND_GW,
+    PY,
+    VIP,
+    backends,
+    fetch,
+    ipvsadm,
+    prepare_dr,
+    run,
+    web_service,
+    write_config,
+)
 
 URL = f"http://{VIP}/"
 ADVERT = "200ms"
@@ -40,17 +51,6 @@ def gateway(priority: int) -> dict[str, Any]:
         "advert_interval": ADVERT,
         "addresses": [f"{BACKEND_GW}/24"],
         "garp": {"delay": "0s", "repeat": 2},
-    }
-
-
-def web(forwarding: str, reals: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "name": "web",
-        "vip": VIP,
-        "port": 80,
-        "scheduler": "rr",
-        "forwarding": forwarding,
-        "real_servers": reals,
     }
 
 
@@ -93,7 +93,7 @@ def test_reconciler_repairs_drift_keeps_foreign_services_and_cleans_up_on_stop(
         tmp_path,
         "dir1",
         started,
-        services=[web("nat", NAT_REALS)],
+        services=[web_service("nat", NAT_REALS)],
         ipvs={"resync_interval": "1s"},
     )
     service_line = f"TCP  {VIP}:80 rr"
@@ -159,7 +159,7 @@ def test_established_connections_survive_failover_with_the_sync_daemon(
             tmp_path,
             started,
             instances=[front],
-            services=[web("dr", DR_REALS)],
+            services=[web_service("dr", DR_REALS)],
             ipvs={"sync_daemon": sync},
         )
         assert "master" in run(lab, "dir1", ["ipvsadm", "-L", "--daemon"])
@@ -201,7 +201,7 @@ def test_nat_gateway_vip_follows_the_master(
             started,
             instances=[front, gateway],
             vrrp={"sync_groups": [{"name": "LB", "instances": ["VI_1", "VI_GW"]}]},
-            services=[web("nat", NAT_REALS)],
+            services=[web_service("nat", NAT_REALS)],
         )
         got = fetch(lab, URL, 4)
         assert got["names"] == {"nat-a": 4}, got

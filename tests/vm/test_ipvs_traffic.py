@@ -26,6 +26,7 @@ from lab.lvs import (
     prepare_tun,
     run,
     settled_stats,
+    web_service,
     write_config,
 )
 
@@ -81,23 +82,11 @@ def dir1(lvs: Lab, tmp_path: Path) -> Iterator[Applied]:
         applied.close()
 
 
-def service(forwarding: str, reals: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    return {
-        "name": "web",
-        "vip": VIP,
-        "port": 80,
-        "scheduler": "rr",
-        "forwarding": forwarding,
-        "real_servers": reals,
-        **extra,
-    }
-
-
 RS1, RS2, RS3 = ({"address": f"192.0.2.{n}"} for n in (21, 22, 23))
 
 
 def test_dr_replies_bypass_the_director(dir1: Applied) -> None:
-    out = dir1.apply([service("dr", [RS1, RS2])], FRONT)
+    out = dir1.apply([web_service("dr", [RS1, RS2])], FRONT)
     assert "+ service TCP 192.0.2.100:80 rr" in out
     got = fetch(dir1.lab, URL, 8)
     assert got["names"] == {"rs1": 4, "rs2": 4}, got
@@ -112,7 +101,7 @@ def test_nat_replies_pass_through_the_director_and_keep_the_client_address(
     dir1: Applied,
 ) -> None:
     reals = [{"address": "198.51.100.21", "port": p} for p in (8081, 8082)]
-    out = dir1.apply([service("nat", reals)], FRONT, GATEWAY)
+    out = dir1.apply([web_service("nat", reals)], FRONT, GATEWAY)
     assert "+ real server 198.51.100.21:8082" in out
     got = fetch(dir1.lab, URL, 6)
     assert got["names"] == {"nat-a": 3, "nat-b": 3}, got
@@ -128,7 +117,7 @@ def test_tun_real_server_decapsulates_and_answers_directly(dir1: Applied, kind: 
     if kind == "gue":
         tunnel["port"] = GUE_PORT
     reals = [{"address": "203.0.113.21", "tunnel": tunnel}]
-    dir1.apply([service("tun", reals)], FRONT)
+    dir1.apply([web_service("tun", reals)], FRONT)
     got = fetch(dir1.lab, URL, 4)
     assert got["names"] == {"rstun": 4}, got
     assert got["clients"] == [dir1.lab.addr("client", "lan")]
@@ -138,7 +127,7 @@ def test_tun_real_server_decapsulates_and_answers_directly(dir1: Applied, kind: 
 
 def test_wrr_weights_shape_the_distribution(dir1: Applied) -> None:
     reals = [{**RS1, "weight": 3}, {**RS2, "weight": 1}]
-    dir1.apply([service("dr", reals, scheduler="wrr")], FRONT)
+    dir1.apply([web_service("dr", reals, scheduler="wrr")], FRONT)
     got = fetch(dir1.lab, URL, 12)
     assert got["names"] == {"rs1": 9, "rs2": 3}, got
 
@@ -150,7 +139,7 @@ def test_source_hashing_pins_each_client_to_one_server(dir1: Applied, scheduler:
     for address in sources:
         run(lab, "client", ["ip", "addr", "replace", f"{address}/24", "dev", "eth0"])
     try:
-        dir1.apply([service("dr", [RS1, RS2, RS3], scheduler=scheduler)], FRONT)
+        dir1.apply([web_service("dr", [RS1, RS2, RS3], scheduler=scheduler)], FRONT)
         chosen: dict[str, str] = {}
         for address in sources:
             got = fetch(lab, URL, 2, source=address)
@@ -163,9 +152,9 @@ def test_source_hashing_pins_each_client_to_one_server(dir1: Applied, scheduler:
 
 
 def test_a_real_server_removed_from_the_config_gets_no_new_connections(dir1: Applied) -> None:
-    dir1.apply([service("dr", [RS1, RS2])], FRONT)
+    dir1.apply([web_service("dr", [RS1, RS2])], FRONT)
     assert fetch(dir1.lab, URL, 4)["names"] == {"rs1": 2, "rs2": 2}
-    out = dir1.apply([service("dr", [RS1])], FRONT)
+    out = dir1.apply([web_service("dr", [RS1])], FRONT)
     assert "- real server 192.0.2.22:80 in TCP 192.0.2.100:80" in out
     assert "+ service" not in out, "the change is one real server, not a rebuilt service"
     assert fetch(dir1.lab, URL, 6)["names"] == {"rs1": 6}
@@ -174,7 +163,7 @@ def test_a_real_server_removed_from_the_config_gets_no_new_connections(dir1: App
 def test_services_not_owned_are_left_alone_and_flush_removes_only_owned(dir1: Applied) -> None:
     lab = dir1.lab
     run(lab, "dir1", ["ipvsadm", "-A", "-t", "192.0.2.200:443", "-s", "rr"])
-    dir1.apply([service("dr", [RS1])], FRONT)
+    dir1.apply([web_service("dr", [RS1])], FRONT)
     assert "192.0.2.200:443" in ipvsadm(lab, "dir1")
     assert "not owned, left alone" in dir1.plan()
     out = director(lab, "dir1", "flush", "-c", str(dir1.path))
