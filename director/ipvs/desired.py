@@ -2,7 +2,7 @@
 
 A service group expands to one kernel service per VIP and per fwmark, all with the same
 definition. Health decides, per real server, its weight or its absence; when a service has lost
-quorum its sorry server joins it.
+quorum its sorry server takes the new connections.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Mapping
+from dataclasses import replace
 
 from director.config.models import RealServer, Service, Tunnel
 from director.ipvs.model import (
@@ -115,14 +116,17 @@ def desired_table(
     sorry: frozenset[str] = frozenset(),
 ) -> dict[ServiceKey, KernelService]:
     """`weights` overrides configured weights (health); services named in `sorry` have lost
-    quorum and get their sorry server instead of their real servers, as keepalived does."""
+    quorum: their sorry server takes the new connections."""
     out: dict[ServiceKey, KernelService] = {}
     for svc in services:
         spec = service_spec(svc)
         dests = real_servers(svc, weights or {})
-        if svc.name in sorry:
-            extra = sorry_dest(svc)
-            dests = dict([extra]) if extra is not None else {}
+        extra = sorry_dest(svc) if svc.name in sorry else None
+        if extra is not None:
+            # New connections go to the sorry server; the real servers stay at weight 0 so
+            # that established connections carry on (keepalived deletes them instead).
+            dests = {key: replace(spec, weight=0) for key, spec in dests.items()}
+            dests[extra[0]] = extra[1]
         for key in service_keys(svc):
             out[key] = KernelService(key, spec, dests)
     return out
