@@ -78,7 +78,7 @@ def tunnel_device(vip: VipSpec) -> tuple[str, str]:
 def vip_device(spec: Spec, vip: VipSpec) -> str | None:
     """Where the VIP is added; None for NAT (the VIP stays on the director)."""
     if vip.mode == "dr":
-        return spec.iface
+        return vip.dev or spec.iface
     if vip.mode == "tun":
         return tunnel_device(vip)[0]
     return None

@@ -1,4 +1,5 @@
-"""The state file: every step start applied, with its previous value, per network namespace.
+"""The state file: every step start applied, with its previous value, per network namespace,
+and the setup it was asked for (so status and check need no flags).
 
 JSON, versioned, written atomically (temporary file in the same directory, fsync, rename), so a
 crash leaves either the old or the new state and never half of one.
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from realserver.spec import Spec, spec_from_dict, spec_to_dict
 from realserver.steps import Step, step_from_dict, step_to_dict
 
 VERSION = 1
@@ -29,9 +31,10 @@ class StateError(Exception):
 class State:
     netns: int  # inode of the network namespace
     steps: tuple[Step, ...] = ()
+    spec: Spec | None = None  # what start was asked for (status and check reuse it)
 
     def appended(self, steps: Sequence[Step]) -> State:
-        return State(self.netns, (*self.steps, *steps))
+        return State(self.netns, (*self.steps, *steps), self.spec)
 
 
 def netns_inode(path: str | Path = NETNS_PATH) -> int:
@@ -44,11 +47,13 @@ def state_path(netns: int, state_dir: str | Path = STATE_DIR) -> Path:
 
 
 def dumps(state: State) -> str:
-    data = {
+    data: dict[str, Any] = {
         "version": VERSION,
         "netns": state.netns,
         "steps": [step_to_dict(step) for step in state.steps],
     }
+    if state.spec is not None:
+        data["spec"] = spec_to_dict(state.spec)
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
@@ -73,7 +78,13 @@ def loads(text: str, where: str = "<state>") -> State:
             parsed.append(step_from_dict(item))
         except ValueError as exc:
             raise StateError(f"{where}: steps[{index}]: {exc}") from None
-    return State(netns, tuple(parsed))
+    spec = None
+    if data.get("spec") is not None:
+        try:
+            spec = spec_from_dict(data["spec"])
+        except ValueError as exc:
+            raise StateError(f"{where}: spec: {exc}") from None
+    return State(netns, tuple(parsed), spec)
 
 
 def load(path: str | Path) -> State | None:

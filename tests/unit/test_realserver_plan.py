@@ -240,3 +240,13 @@ def test_second_start_after_drift_appends_and_full_revert_restores_original() ->
     after = simulate(drifted, second)
     # The original 2 wins: reverse order undoes the second start first, then the first.
     assert simulate(after, plan_revert(recorded, after)).sysctls == before.sysctls
+
+
+def test_dr_vip_on_its_own_interface_comes_in_order() -> None:
+    spec = spec_from_flags(["10.0.0.100", "10.0.0.101", "10.0.0.102@eth1"])
+    steps = plan_start(spec, fresh())
+    assert steps[-3:] == [
+        AddAddress("lo", "10.0.0.100/32", label="lo:rs"),
+        AddAddress("lo", "10.0.0.101/32", label="lo:rs"),
+        AddAddress("eth1", "10.0.0.102/32", label="eth1:rs"),
+    ]

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 from pathlib import Path
 
 import pytest
 
 from realserver.spec import (
+    ServicePort,
     SpecError,
     TunnelSpec,
     VipSpec,
     add_spec_arguments,
     parse_vip,
     spec_from_args,
+    spec_from_dict,
     spec_from_file,
     spec_from_flags,
+    spec_to_dict,
+    split_vip,
 )
 
 V4 = ipaddress.IPv4Address("10.0.0.100")
@@ -220,3 +225,129 @@ def test_yaml_without_vips(tmp_path: Path) -> None:
     path.write_text("services: []\n")
     with pytest.raises(SpecError, match="no service with a vip"):
         spec_from_file(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("10.0.0.100", (V4, None, None)),
+        ("10.0.0.100/80", (V4, 80, None)),
+        ("10.0.0.100:80@eth1", (V4, 80, "eth1")),
+        ("10.0.0.100@dummy0", (V4, None, "dummy0")),
+        ("[2001:db8::100]:443@lo", (V6, 443, "lo")),
+        ("2001:db8::100/0", (V6, 0, None)),
+    ],
+)
+def test_split_vip_gives_port_and_interface(text: str, expected: object) -> None:
+    assert split_vip(text) == expected
+
+
+def test_flags_keep_service_ports_for_check() -> None:
+    spec = spec_from_flags(
+        ["10.0.0.100/80", "10.0.0.100:443", "10.0.0.100/80", "2001:db8::100", "2001:db8::100/0"]
+    )
+    # Port 0 is IPVS's "every port" (persistence): no single port to look for.
+    assert spec.ports == (ServicePort(V4, 80), ServicePort(V4, 443))
+    assert str(spec.ports[0]) == "10.0.0.100:80/tcp"
+    assert str(ServicePort(V6, 53, "udp")) == "[2001:db8::100]:53/udp"
+
+
+def test_flags_vip_on_its_own_interface() -> None:
+    spec = spec_from_flags(["10.0.0.100", "10.0.0.101@eth9"])
+    assert spec.vips[1] == VipSpec(ipaddress.IPv4Address("10.0.0.101"), "dr", dev="eth9")
+    assert spec.vips[0].dev is None
+
+
+@pytest.mark.parametrize(
+    ("vips", "mode", "fragment"),
+    [
+        (["10.0.0.100@eth 1"], "dr", "'eth 1' is not an interface name"),
+        (["10.0.0.100@"], "dr", "'' is not an interface name"),
+        (["10.0.0.100@eth1"], "tun", "an interface (@eth1) is for mode dr only"),
+        (["10.0.0.100@eth1", "10.0.0.100@eth2"], "dr", "given twice on different interfaces"),
+    ],
+)
+def test_flags_vip_interface_errors(vips: list[str], mode: str, fragment: str) -> None:
+    with pytest.raises(SpecError) as info:
+        spec_from_flags(vips, mode)
+    assert fragment in str(info.value)
+
+
+def test_port_is_an_alias_of_gue_port() -> None:
+    ns = _args("--vip", "10.0.0.100", "--mode", "tun", "--tunnel", "gue", "--port", "5555")
+    assert spec_from_args(ns).vips[0].tunnel == TunnelSpec("gue", 5555)
+
+
+GROUP_YAML = """\
+services:
+  - name: web
+    vips: [10.0.0.100-101]
+    port: 80
+    forwarding: dr
+    real_servers: [{address: 10.0.1.11}]
+  - name: web6
+    vips: [2001:db8::100]
+    port: 80
+    forwarding: dr
+    real_servers: [{address: 2001:db8:1::11}]
+  - name: dns
+    vip: 10.0.0.102
+    port: 53
+    protocol: udp
+    forwarding: nat
+    real_servers: [{address: 10.0.1.11, port: 5353}, {address: 10.0.1.12}]
+"""
+
+
+def test_yaml_service_groups_and_ports(tmp_path: Path) -> None:
+    path = tmp_path / "director.yaml"
+    path.write_text(GROUP_YAML)
+    spec = spec_from_file(path)
+    assert [str(v.address) for v in spec.vips] == [
+        "10.0.0.100",
+        "10.0.0.101",
+        "2001:db8::100",
+        "10.0.0.102",
+    ]
+    assert [str(p) for p in spec.ports] == [
+        "10.0.0.100:80/tcp",
+        "10.0.0.101:80/tcp",
+        "[2001:db8::100]:80/tcp",
+        "10.0.0.102:53/udp",
+    ]
+    # NAT: the real server listens on its own port, which the director rewrites to.
+    mine = spec_from_file(path, self_address="10.0.1.11")
+    assert [str(p) for p in mine.ports][-1] == "10.0.0.102:5353/udp"
+
+
+def test_spec_dict_round_trip() -> None:
+    for spec in (
+        spec_from_flags(["10.0.0.100/80", "10.0.0.101@eth1"], client_ifaces=["eth0"]),
+        spec_from_flags(["10.0.0.100", "2001:db8::100"], "tun", "gue", 5555),
+        spec_from_flags(["10.0.0.100"], "nat", gateway="10.0.1.254"),
+        spec_from_flags(["10.0.0.100"], iface="rs0", dummy=True),
+    ):
+        assert spec_from_dict(json.loads(json.dumps(spec_to_dict(spec)))) == spec
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"iface": 3}, "3 is not a string"),
+        ({"ports": [{"address": "10.0.0.1", "port": "80", "protocol": "tcp"}]}, "'80' is not"),
+        ({"ports": [{"address": "10.0.0.1", "port": 80, "protocol": "icmp"}]}, "'icmp'"),
+        ({"vips": [{"address": "10.0.0.1", "mode": "dr", "tunnel": None, "dev": "a b"}]}, "dev"),
+        (
+            {"vips": [{"address": "10.0.0.1", "mode": "tun", "tunnel": {"type": "x"}}]},
+            "tunnel type 'x'",
+        ),
+        ({"client_ifaces": None}, "missing or wrong"),
+    ],
+)
+def test_spec_from_dict_rejects_what_it_did_not_write(
+    change: dict[str, object], fragment: str
+) -> None:
+    data = {**spec_to_dict(spec_from_flags(["10.0.0.100"])), **change}
+    with pytest.raises(ValueError) as info:
+        spec_from_dict(data)
+    assert fragment in str(info.value)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from realserver.spec import spec_from_flags
 from realserver.state import (
     State,
     StateError,
@@ -144,3 +145,41 @@ def test_netns_inode_from_a_given_path(tmp_path: Path) -> None:
     file.write_text("")
     assert netns_inode(file) == os.stat(file).st_ino
     assert netns_inode(file) != netns_inode(tmp_path)
+
+
+def test_state_keeps_the_setup_for_status_and_check(tmp_path: Path) -> None:
+    spec = spec_from_flags(
+        ["192.0.2.100/80", "192.0.2.101@rs1", "2001:db8::100"], client_ifaces=["eth0"]
+    )
+    state = State(9, (SetLinkUp("lo"),), spec)
+    path = tmp_path / "state.json"
+    save(path, state)
+    assert load(path) == state
+    assert json.loads(path.read_text())["spec"]["vips"][1]["dev"] == "rs1"
+    assert State(9).appended([SetLinkUp("lo")]).spec is None
+    assert state.appended([SetLinkUp("lo")]).spec == spec
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        ('{"vips": []}', "missing or wrong"),
+        (
+            '{"vips": [{"address": "x", "mode": "dr", "tunnel": null, "dev": null}], "ports": [],'
+            ' "iface": "lo", "dummy": false, "client_ifaces": [], "gateway": null}',
+            "'x' does not appear to be an IPv4 or IPv6 address",
+        ),
+        (
+            '{"vips": [{"address": "10.0.0.1", "mode": "lvs", "tunnel": null, "dev": null}],'
+            ' "ports": [], "iface": "lo", "dummy": false, "client_ifaces": [], "gateway": null}',
+            "mode 'lvs'",
+        ),
+    ],
+)
+def test_bad_recorded_setup_names_the_file(tmp_path: Path, spec: str, fragment: str) -> None:
+    path = tmp_path / "state.json"
+    path.write_text(f'{{"version": 1, "netns": 1, "steps": [], "spec": {spec}}}')
+    with pytest.raises(StateError) as info:
+        load(path)
+    assert f"{path}: spec:" in str(info.value)
+    assert fragment in str(info.value)
