@@ -98,16 +98,43 @@ def cmd_start(args: argparse.Namespace) -> int:
         return EXIT_INVALID
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from director.api.control import ControlError, request
+def _socket_path(args: argparse.Namespace) -> str | int:
+    """--socket, or the config's control socket; an exit code when the config does not load."""
+    if args.socket is not None:
+        return str(args.socket)
     from director.config import Config
 
-    socket_path = args.socket
-    if socket_path is None:
-        code, config = _load(args.config)
-        if not isinstance(config, Config):
-            return code
-        socket_path = config.node.control_socket
+    code, config = _load(args.config)
+    return config.node.control_socket if isinstance(config, Config) else code
+
+
+def cmd_maintenance(args: argparse.Namespace) -> int:
+    """`director drain|enable SERVICE REALSERVER`: weight 0 (or back) until cleared."""
+    from director.api.control import ControlError, request
+
+    socket_path = _socket_path(args)
+    if isinstance(socket_path, int):
+        return socket_path
+    command = {"command": args.command, "service": args.service, "real_server": args.real_server}
+    try:
+        answer = request(socket_path, command)
+    except (ControlError, ValueError) as exc:
+        print(f"director {args.command}: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    if not answer.get("ok"):
+        print(f"director {args.command}: {answer.get('error')}", file=sys.stderr)
+        return EXIT_INVALID
+    state = "drained (weight 0)" if answer["drained"] else "enabled"
+    print(f"{answer['service']} {answer['real_server']}: {state}")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from director.api.control import ControlError, request
+
+    socket_path = _socket_path(args)
+    if isinstance(socket_path, int):
+        return socket_path
     try:
         answer = request(socket_path, {"command": "status"})
     except (ControlError, ValueError) as exc:
@@ -208,6 +235,18 @@ def build_parser() -> argparse.ArgumentParser:
     flush = sub.add_parser("flush", help="remove the IPVS services this director owns")
     flush.add_argument("-c", "--config", required=True, metavar="FILE")
     flush.set_defaults(handler=cmd_flush)
+
+    for name, text in (
+        ("drain", "set a real server's weight to 0 for maintenance, until `enable`"),
+        ("enable", "end a real server's maintenance drain"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("service", metavar="SERVICE")
+        cmd.add_argument("real_server", metavar="REALSERVER", help="ADDRESS or ADDRESS:PORT")
+        where = cmd.add_mutually_exclusive_group(required=True)
+        where.add_argument("-c", "--config", metavar="FILE", help="find the control socket here")
+        where.add_argument("--socket", metavar="PATH", help="the control socket itself")
+        cmd.set_defaults(handler=cmd_maintenance)
 
     status = sub.add_parser("status", help="print the running director's state as JSON")
     where = status.add_mutually_exclusive_group(required=True)

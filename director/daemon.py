@@ -12,6 +12,7 @@ from typing import Any
 from director import __version__, proc
 from director.api.control import ControlServer
 from director.config.models import Config, Instance
+from director.health.feed import HealthFeed
 from director.ipvs.runtime import IpvsRuntime
 from director.net.addresses import InstanceVips, VipManager
 from director.vrrp.announce import InstanceAnnouncer, PacketSockets
@@ -29,6 +30,11 @@ class Daemon:
         self.engine = Engine(config.vrrp, parts=self._parts)
         self.ipvs = IpvsRuntime(config, keep_on_stop=keep_ipvs)
         self.engine.listeners.append(self.ipvs.instance_changed)
+        # Health decides which real servers IPVS gets; before the first check, alpha servers
+        # are out and the others in at their configured weight.
+        self.health = HealthFeed(config, self.ipvs.update_health) if config.services else None
+        if self.health is not None:
+            self.ipvs.update_health(*self.health.view())
         self.control = ControlServer(config.node.control_socket, self._control)
         self._stop = asyncio.Event()
         # One netlink socket for every instance's VIPs, one packet socket per interface.
@@ -47,6 +53,8 @@ class Daemon:
         try:
             # IPVS first: a node that becomes master must already forward for its VIPs.
             await self.ipvs.start()
+            if self.health is not None:
+                self.health.start()
             await self.engine.start()
             log.info(
                 "director %s started (%s): %d vrrp instance(s), %d service(s)",
@@ -58,6 +66,8 @@ class Daemon:
             await self._stop.wait()
             log.info("stopping")
             await self.engine.stop()
+            if self.health is not None:
+                await self.health.stop()
             await self.ipvs.stop()
             await proc.drain()
         finally:
@@ -75,7 +85,23 @@ class Daemon:
         command = request["command"]
         if command == "status":
             return {"ok": True, "status": self.status()}
-        return {"ok": False, "error": f"unknown command {command!r}; known: status"}
+        if command in ("drain", "enable"):
+            if self.health is None:
+                return {"ok": False, "error": "this director has no services"}
+            service, real_server = request.get("service"), request.get("real_server")
+            if not isinstance(service, str) or not isinstance(real_server, str):
+                return {"ok": False, "error": f"{command} needs 'service' and 'real_server'"}
+            try:
+                key = self.health.set_drained(service, real_server, command == "drain")
+            except ValueError as exc:
+                return {"ok": False, "error": str(exc)}
+            return {
+                "ok": True,
+                "service": service,
+                "real_server": key,
+                "drained": command == "drain",
+            }
+        return {"ok": False, "error": f"unknown command {command!r}; known: status, drain, enable"}
 
     def status(self) -> dict[str, Any]:
         return {
@@ -86,4 +112,5 @@ class Daemon:
             "uptime": round(time.time() - self.started_at, 3),
             "vrrp": self.engine.status(),
             "ipvs": self.ipvs.status(),
+            "health": self.health.status() if self.health is not None else {},
         }

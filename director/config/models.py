@@ -333,25 +333,69 @@ class HttpCheck(Model):
         return value
 
 
+def _hex_bytes(value: str | None) -> str | None:
+    """keepalived's HEX_STR: hex digits, spaces allowed between bytes."""
+    if value is not None:
+        try:
+            bytes.fromhex(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not hex bytes such as '0a 1b 2c'") from None
+    return value
+
+
 class UdpCheck(Model):
+    # The datagram sent: text (UTF-8) or payload_hex; one of the two.
     payload: str = ""
-    expect: str | None = None  # a regular expression the reply must match
+    payload_hex: str | None = None
+    # The reply must match this regular expression (searched), or start with expect_hex's bytes.
+    expect: str | None = None
+    expect_hex: str | None = None
+    # Without an expectation a check passes when no ICMP error comes back within the timeout;
+    # require_reply makes silence a failure too.
+    require_reply: bool = False
+
+    @field_validator("payload_hex", "expect_hex")
+    @classmethod
+    def _hex(cls, value: str | None) -> str | None:
+        return _hex_bytes(value)
+
+    @field_validator("expect")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value.encode())
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+        return value
 
 
 class DnsCheck(Model):
-    name: Annotated[str, Field(min_length=1)]
+    name: Annotated[str, Field(min_length=1, max_length=253)]
     type: Literal["A", "AAAA", "CNAME", "MX", "NS", "PTR", "SOA", "SRV", "TXT"] = "A"
     rcode: Literal["NOERROR", "NXDOMAIN", "SERVFAIL", "REFUSED"] = "NOERROR"
+    # One record of the answer section must read like this (as dig +short prints it).
     answer: str | None = None
+    recursion: bool = True  # the RD flag: true for resolvers, false for authoritative servers
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        labels = value.rstrip(".").split(".") if value != "." else []
+        if any(not 0 < len(label) <= 63 for label in labels):
+            raise ValueError(f"{value!r} is not a domain name (labels of 1-63 characters)")
+        return value
 
 
 class MiscCheck(Model):
+    # `{address}` and `{port}` in an argument become the real server's (as exact tokens).
     command: Command
     # Exit codes 2-255 set the weight to code - 2 (keepalived's misc_dynamic).
     dynamic_weight: bool = False
 
 
 class FileCheck(Model):
+    # The file holds an integer: 0 or more is up with that weight, negative is down.
     path: Annotated[str, Field(min_length=1)]
 
 
@@ -373,6 +417,10 @@ class Check(Model):
     connect_ip: Address | None = None
     connect_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     bind_to: Address | None = None
+    # Run when the real server comes up or goes down (keepalived's notify_up/notify_down).
+    notify_up: Command | None = None
+    notify_down: Command | None = None
+    notify_timeout: Duration = 10.0
 
     @property
     def kinds(self) -> list[str]:

@@ -403,8 +403,49 @@ def _check_check(at: Path, check: Check) -> Iterator[Diagnostic]:
         yield Diagnostic(at, "choose a checker: one of tcp, http, udp, dns, misc, file")
     elif len(kinds) > 1:
         yield Diagnostic(at, f"one checker per check, got {', '.join(kinds)}")
-    if check.timeout > check.interval:
+    if check.interval <= 0:
+        yield Diagnostic((*at, "interval"), "interval must be more than 0s")
+    if check.timeout <= 0:
+        yield Diagnostic((*at, "timeout"), "timeout must be more than 0s")
+    elif check.timeout > check.interval:
         yield Diagnostic((*at, "timeout"), "timeout is longer than interval")
+    bind, connect = check.bind_to, check.connect_ip
+    if bind is not None and connect is not None and bind.version != connect.version:
+        yield Diagnostic(
+            (*at, "bind_to"),
+            f"{bind} is not {_family(connect.version)} like connect_ip {connect}",
+        )
+    if check.misc is not None or check.file is not None:
+        for key in ("connect_ip", "connect_port", "bind_to"):
+            if getattr(check, key) is not None:
+                yield Diagnostic(
+                    (*at, key),
+                    f"{key} is ignored by a {'misc' if check.misc else 'file'} check, "
+                    "which opens no connection",
+                    severity="warning",
+                )
+    if check.udp is not None:
+        udp = check.udp
+        if udp.payload and udp.payload_hex is not None:
+            yield Diagnostic(
+                (*at, "udp", "payload_hex"), "payload and payload_hex exclude each other"
+            )
+        if udp.expect is not None and udp.expect_hex is not None:
+            yield Diagnostic((*at, "udp", "expect_hex"), "expect and expect_hex exclude each other")
+    if check.http is not None:
+        http = check.http
+        if http.key_file is not None and http.cert_file is None:
+            yield Diagnostic((*at, "http", "key_file"), "key_file needs cert_file")
+        if not http.tls:
+            for key in ("ca_file", "cert_file", "key_file", "sni"):
+                if getattr(http, key) is not None:
+                    yield Diagnostic(
+                        (*at, "http", key), f"{key} applies to tls: true only", severity="warning"
+                    )
+            if not http.verify:
+                yield Diagnostic(
+                    (*at, "http", "verify"), "verify applies to tls: true only", severity="warning"
+                )
 
 
 def _netmask_problem(netmask: str | int, family: int) -> str | None:
