@@ -137,7 +137,8 @@ class Reconciler:
         self.syncs += 1
         self.last_sync = time.time()
         self.ops_applied += len(result.ops)
-        if result.ops and not expected:
+        # Operations nobody asked for, and not a retry of what failed last time: drift.
+        if result.ops and not expected and not self.errors:
             self.drift_repairs += 1
             log.warning("ipvs: kernel drifted from the desired state; repairing")
         for op in result.ops[:20]:

@@ -15,10 +15,10 @@ from typing import Any, Literal
 from director.config.models import Config
 from director.ipvs.desired import Weights, desired_table
 from director.ipvs.kernel import IpvsKernel
-from director.ipvs.model import SyncDaemon
+from director.ipvs.model import SyncDaemon, Table
 from director.ipvs.owned import OwnedStore
 from director.ipvs.reconcile import Reconciler
-from director.ipvs.system import SysctlGuard, load_modules, requirements
+from director.ipvs.system import SysctlGuard, load_modules, requirements, timeouts
 
 log = logging.getLogger("director.ipvs")
 
@@ -53,11 +53,9 @@ class IpvsRuntime:
             for name, before in changed.items():
                 log.info("sysctl %s: %d -> %d (%s)", name, before, *needs.sysctls[name])
         self.kernel = IpvsKernel()
-        timeouts = self.config.ipvs.timeouts
-        if timeouts is not None:
-            self.kernel.set_timeouts(
-                round(timeouts.tcp), round(timeouts.tcpfin), round(timeouts.udp)
-            )
+        wanted = timeouts(self.config)
+        if wanted is not None:
+            self.kernel.set_timeouts(*wanted)
         self.reconciler = Reconciler(
             self.kernel,
             OwnedStore(self.config.node.state_dir),
@@ -71,7 +69,7 @@ class IpvsRuntime:
             self.sync_kernel = IpvsKernel()
             await self.follow("BACKUP")
 
-    def _desired(self) -> dict[Any, Any]:
+    def _desired(self) -> Table:
         return desired_table(self.config.services, self.weights, self.sorry)
 
     def update_health(self, weights: Weights, sorry: frozenset[str]) -> None:
