@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from director.config.models import Check
 from director.health.dns import DnsChecker
 from director.health.file import FileChecker
@@ -22,7 +24,14 @@ class BrokenChecker:
     def __init__(self, reason: str) -> None:
         self.reason = reason
 
-    def start(self, timeout: float, done: Done, *, timer: bool = True) -> ReadyProbe:
+    def start(
+        self,
+        timeout: float,
+        done: Done,
+        *,
+        timer: bool = True,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> ReadyProbe:
         return ReadyProbe(CheckResult(False, self.reason), done)
 
 

@@ -38,6 +38,9 @@ class Deadlines:
     def __init__(self, loop: asyncio.AbstractEventLoop, slack: float = 0.0) -> None:
         self._loop = loop
         self.slack = slack
+        # Called after each batch: the runner polls its sockets there, so that connections
+        # that completed while the batch started them are served in the same turn.
+        self.after: Callable[[], object] | None = None
         self._heap: list[tuple[float, int, Callback, Any]] = []
         self._seq = itertools.count()
         self._handle: asyncio.Handle | None = None
@@ -80,6 +83,8 @@ class Deadlines:
                     callback(token, when)
                 except Exception:
                     log.exception("health deadline callback failed")
+            if self.after is not None and count:
+                self.after()
         finally:
             self._running = False
         if not heap:

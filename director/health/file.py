@@ -7,6 +7,7 @@ integer, is down with the reason. Read without blocking: a FIFO without writer r
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from director.config.models import FileCheck
@@ -45,5 +46,12 @@ class FileChecker:
     def __init__(self, file: FileCheck) -> None:
         self.path = file.path
 
-    def start(self, timeout: float, done: Done, *, timer: bool = True) -> ReadyProbe:
+    def start(
+        self,
+        timeout: float,
+        done: Done,
+        *,
+        timer: bool = True,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> ReadyProbe:
         return ReadyProbe(read_weight(self.path), done)

@@ -28,7 +28,7 @@ from director.health.tcp import NO_LINGER, StreamProbe, connect_error
 class HttpProbe(StreamProbe):
     EVENTS = IN | OUT | EDGE
 
-    __slots__ = ("_parser", "_request", "_responding", "_sent", "_spec")
+    __slots__ = ("_checker", "_parser", "_responding", "_sent")
 
     def __init__(
         self,
@@ -36,15 +36,13 @@ class HttpProbe(StreamProbe):
         target: Target,
         timeout: float,
         done: Done,
-        spec: HttpSpec,
-        request: bytes,
+        checker: HttpChecker,
         timer: bool = True,
     ) -> None:
-        self._spec = spec
-        self._request = request
+        self._checker = checker
         self._sent = 0
         self._responding = False
-        self._parser = ResponseParser(spec.needs_body, spec.method == "HEAD")
+        self._parser: ResponseParser | None = None  # made only when the first read falls short
         super().__init__(loop, target, timeout, done, timer)
 
     def connected(self, sock: _socket.socket) -> None:
@@ -52,15 +50,27 @@ class HttpProbe(StreamProbe):
         self._send(sock)
 
     def ready(self, sock: _socket.socket, mask: int) -> None:
-        if mask & OUT and self._sent < len(self._request):
+        if mask & OUT and self._sent < len(self._checker.request):
             self._send(sock)
         if mask & (IN | ERR) and self._sock is not None:
             self._receive(sock)
 
+    def _on_event(self, mask: int) -> None:
+        # The base class's, with `ready` inlined: one call less on every reply.
+        sock = self._sock
+        if sock is None:
+            return
+        if not self._connected:
+            super()._on_event(mask)
+        elif mask & (IN | ERR) and self._sent >= len(self._checker.request):
+            self._receive(sock)
+        else:
+            self.ready(sock, mask)
+
     def timeout_reason(self, timeout: float) -> str:
         if not self._responding:
             return super().timeout_reason(timeout)
-        status = self._parser.status
+        status = None if self._parser is None else self._parser.status
         if status is None:
             return f"no HTTP response from {self.target} within {seconds(timeout)}"
         return f"HTTP {status} from {self.target}: body incomplete after {seconds(timeout)}"
@@ -69,14 +79,15 @@ class HttpProbe(StreamProbe):
         # The request fits in the socket buffer almost always; if not, the rest goes at the
         # next OUT edge (buffer space freed).
         try:
-            self._sent += sock.send(self._request[self._sent :])
+            self._sent += sock.send(self._checker.request[self._sent :])
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as exc:
             self.finish(CheckResult(False, connect_error(exc.errno or 0, self.target)))
 
     def _receive(self, sock: _socket.socket) -> None:
-        parser = self._parser
+        checker = self._checker
+        spec = checker.spec
         # Edge-triggered: read until the socket is empty (or the verdict is known).
         for _ in range(1024):
             try:
@@ -86,12 +97,28 @@ class HttpProbe(StreamProbe):
             except OSError as exc:
                 self.finish(CheckResult(False, connect_error(exc.errno or 0, self.target)))
                 return
+            parser = self._parser
+            if parser is None:
+                # Nearly every check: the first read holds the status line and nothing looks
+                # at the body. The verdict is then one of a few, made once per checker.
+                code = data[9:12]
+                if (
+                    not spec.needs_body
+                    and data[:7] == b"HTTP/1."
+                    and data[12:13] in (b" ", b"\r")
+                    and code.isdigit()
+                    and code >= b"200"
+                ):
+                    result = checker.verdicts.get(code)
+                    self.finish(result if result is not None else checker.verdict(code))
+                    return
+                parser = self._parser = ResponseParser(spec.needs_body, spec.method == "HEAD")
             if data:
                 parser.feed(data)
             else:
                 parser.feed_eof()
-            if settled(self._spec, parser):
-                self.finish(judge(self._spec, parser, self.target))
+            if settled(spec, parser):
+                self.finish(judge(spec, parser, self.target))
                 return
 
 
@@ -102,10 +129,26 @@ class HttpChecker:
         self.target = target
         self.spec = HttpSpec.of(http)
         self.request = build_request(http, target)
+        # Results of status-only answers by status code bytes (immutable, so made once).
+        self.verdicts: dict[bytes, CheckResult] = {}
 
-    def start(self, timeout: float, done: Done, *, timer: bool = True) -> HttpProbe:
-        loop = asyncio.get_running_loop()
-        return HttpProbe(loop, self.target, timeout, done, self.spec, self.request, timer)
+    def verdict(self, code: bytes) -> CheckResult:
+        status = int(code)
+        result = CheckResult(self.spec.status_ok(status), f"HTTP {status} from {self.target}")
+        if len(self.verdicts) < 64:
+            self.verdicts[code] = result
+        return result
+
+    def start(
+        self,
+        timeout: float,
+        done: Done,
+        *,
+        timer: bool = True,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> HttpProbe:
+        loop = loop or asyncio.get_running_loop()
+        return HttpProbe(loop, self.target, timeout, done, self, timer)
 
 
 # ---------------------------------------------------------------- HTTPS
@@ -189,7 +232,14 @@ class HttpsChecker:
         # is sent for an address.
         self.server_hostname = (name or target.address).strip("[]")
 
-    def start(self, timeout: float, done: Done, *, timer: bool = True) -> TaskProbe:
+    def start(
+        self,
+        timeout: float,
+        done: Done,
+        *,
+        timer: bool = True,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> TaskProbe:
         return TaskProbe(self._check(timeout), done)
 
     async def _check(self, timeout: float) -> CheckResult:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from director.config.models import HttpCheck
 from director.health.probe import Target
@@ -27,10 +27,11 @@ class HttpSpec:
     body_regex: re.Pattern[bytes] | None = None
     body_no_regex: re.Pattern[bytes] | None = None
     digest: tuple[str, str] | None = None  # (md5 | sha256, lower-case hex)
+    needs_body: bool = field(init=False)  # read once per check: a field, not a property
 
-    @property
-    def needs_body(self) -> bool:
-        return bool(self.body_regex or self.body_no_regex or self.digest)
+    def __post_init__(self) -> None:
+        needs = bool(self.body_regex or self.body_no_regex or self.digest)
+        object.__setattr__(self, "needs_body", needs)
 
     def status_ok(self, status: int) -> bool:
         return any(low <= status <= high for low, high in self.statuses)

@@ -68,6 +68,7 @@ class RunnerStats:
 
     started: int = 0
     finished: int = 0
+    failed: int = 0  # results that failed, after their retries
     retries: int = 0
     lag_max: float = 0.0
     lag_sum: float = 0.0
@@ -89,6 +90,7 @@ class RunnerStats:
         return {
             "started": self.started,
             "finished": self.finished,
+            "failed": self.failed,
             "retries": self.retries,
             "lag_max": self.lag_max,
             "lag_mean": self.lag_sum / self.started if self.started else 0.0,
@@ -178,11 +180,15 @@ class _Member:
         self.due = when
         self.runner.deadlines.push(when, self._attempt, self.gen)
 
+    # The two methods below run for every check: they read the runner's attributes directly
+    # and repeat a little code rather than call helpers (a Python call costs about as much as
+    # a system call, and there are thousands of checks a second).
+
     def _attempt(self, gen: int, due: float) -> None:
         if gen != self.gen or self.probe is not None:
             return
         runner = self.runner
-        now = runner.loop.time()
+        now = runner.clock()
         lag = now - due
         stats = runner.stats
         stats.started += 1
@@ -192,8 +198,12 @@ class _Member:
         stats.lag_buckets[bisect.bisect_left(LAG_BOUNDS, lag)] += 1
         assert self.checker is not None and self.check is not None
         timeout = self.check.timeout
-        probe = self.probe = self.checker.start(timeout, self.finished, timer=False)
-        runner.deadlines.push(now + timeout, self._expire, probe)
+        probe = self.probe = self.checker.start(
+            timeout, self.finished, timer=False, loop=runner._loop
+        )
+        deadlines = runner._deadlines
+        assert deadlines is not None
+        deadlines.push(now + timeout, self._expire, probe)
 
     def _expire(self, probe: Probe, due: float) -> None:
         if self.probe is probe:
@@ -201,7 +211,7 @@ class _Member:
 
     def finished(self, result: CheckResult) -> None:
         runner = self.runner
-        now = runner.loop.time()
+        now = runner.clock()
         self.probe = None
         runner.stats.finished += 1
         check = self.check
@@ -213,6 +223,8 @@ class _Member:
             self._attempt_at(now + check.retry_delay)
             return
         reason = result.reason
+        if not result.ok:
+            runner.stats.failed += 1
         if self.attempt:
             reason = f"{reason} (attempt {self.attempt + 1})"
             self.attempt = 0
@@ -225,8 +237,10 @@ class _Member:
         slot = self.slot + interval
         if slot <= now:
             slot += interval * math.ceil((now - slot) / interval + 1e-9)
-        self.slot = slot
-        self._attempt_at(slot)
+        self.slot = self.due = slot
+        deadlines = runner._deadlines
+        if deadlines is not None:  # None: on_change stopped the runner
+            deadlines.push(slot, self._attempt, self.gen)
 
     def arm_state_timer(self) -> None:
         deadline = self.health.deadline
@@ -239,7 +253,7 @@ class _Member:
         if self.state_at != token:
             return
         self.state_at = None
-        events = self.health.timer(self.runner.loop.time())
+        events = self.health.timer(self.runner.clock())
         self.runner.apply(self, events)
 
     def halt(self) -> asyncio.Task[Any] | None:
@@ -295,6 +309,7 @@ class HealthRunner:
         self._rng = rng or random.Random()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._deadlines: Deadlines | None = None
+        self.clock: Callable[[], float] = time.monotonic  # the loop's clock, once started
         self._commands: set[asyncio.Task[proc.Outcome]] = set()
         self._services: dict[str, _Service] = {}
         now = time.monotonic()  # the clock of asyncio's loop.time()
@@ -317,9 +332,17 @@ class HealthRunner:
         """Schedule every check on the running loop (call from a coroutine or callback)."""
         if self._loop is not None:
             raise RuntimeError("HealthRunner already started")
-        self._loop = asyncio.get_running_loop()
-        self._deadlines = Deadlines(self._loop, self._slack())
-        now = self._loop.time()
+        self._loop = loop = asyncio.get_running_loop()
+        # asyncio's loop.time() is time.monotonic() behind a Python method call; use the
+        # clock itself when it is that one.
+        same = abs(loop.time() - time.monotonic()) < 1e-3
+        self.clock = time.monotonic if same else loop.time
+        slack = self._slack()
+        self._deadlines = Deadlines(loop, slack)
+        poller = Poller.of(loop)
+        poller.coalesce = slack
+        self._deadlines.after = poller.dispatch
+        now = loop.time()
         for svc in self._services.values():
             self._begin_service(svc, now)
         # Everything built so far lives as long as the daemon: out of the cyclic collector's
@@ -338,7 +361,9 @@ class HealthRunner:
                     pending.append(task)
         if self._deadlines is not None:
             self._deadlines.close()
-        if self._loop is not None:
+        poller = None if self._loop is None else Poller.existing(self._loop)
+        if poller is not None and self._loop is not None:
+            poller.coalesce = 0.0
             Poller.release(self._loop)
         pending.extend(self._commands)
         if pending:
@@ -381,8 +406,8 @@ class HealthRunner:
         for removed in old.values():
             for gone in removed.members.values():
                 self._detach(gone.halt())
-        if self._deadlines is not None:
-            self._deadlines.slack = self._slack()
+        if self._deadlines is not None and self._loop is not None:
+            self._deadlines.slack = Poller.of(self._loop).coalesce = self._slack()
 
     # ------------------------------------------------------------ queries and control
 

@@ -102,7 +102,8 @@ class RealServerHealth:
         self.maintenance = False
         self.dynamic_weight: int | None = None  # set by MISC (dynamic) and FILE checks
         self.counters = Counters()
-        self.last_result: LastResult | None = None
+        # The last result, kept as plain attributes: one is recorded per check.
+        self._last: tuple[bool, str, float] | None = None
         self.last_change = now
         if policy.alpha:
             self.state = State.DOWN
@@ -119,6 +120,10 @@ class RealServerHealth:
         self.weight: int | None = self._effective(now)
 
     # ------------------------------------------------------------ derived
+
+    @property
+    def last_result(self) -> LastResult | None:
+        return None if self._last is None else LastResult(*self._last)
 
     @property
     def full_weight(self) -> int:
@@ -145,7 +150,7 @@ class RealServerHealth:
     def result(self, ok: bool, reason: str, now: float, weight: int | None = None) -> list[Event]:
         """The outcome of one check (after its retries). `weight` is a weight the check set."""
         self.counters.checks += 1
-        self.last_result = LastResult(ok, reason, now)
+        self._last = (ok, reason, now)
         if ok and weight is None and self.state is State.UP:
             # Steady state, nearly every check: nothing can change (the general path below
             # would reach the same), so skip it.

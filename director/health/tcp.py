@@ -46,6 +46,7 @@ class StreamProbe:
         "_sock",
         "_timeout",
         "_timer",
+        "_up",
         "target",
     )
 
@@ -56,9 +57,11 @@ class StreamProbe:
         timeout: float,
         done: Done,
         timer: bool = True,
+        up: CheckResult | None = None,
     ) -> None:
         self._loop = loop
         self.target = target
+        self._up = up
         self._done: Done | None = done
         self._sock: _socket.socket | None = None
         self._fd = -1
@@ -91,7 +94,7 @@ class StreamProbe:
     # ------------------------------------------------------------ for subclasses
 
     def connected(self, sock: _socket.socket) -> None:
-        self.finish(CheckResult(True, f"connected to {self.target.label}"))
+        self.finish(self._up or CheckResult(True, f"connected to {self.target.label}"))
 
     def ready(self, sock: _socket.socket, mask: int) -> None:
         """Socket events once connected (subclasses that talk)."""
@@ -101,9 +104,19 @@ class StreamProbe:
 
     def finish(self, result: CheckResult) -> None:
         done = self._done
-        if done is not None:
-            self._close()
-            done(result)
+        if done is None:
+            return
+        # _close(), inline: this runs for every check.
+        self._done = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        sock = self._sock
+        if sock is not None:
+            self._sock = None
+            self._poller._handlers.pop(self._fd, None)
+            sock.close()
+        done(result)
 
     def cancel(self) -> None:
         self._close()
@@ -151,6 +164,15 @@ class TcpChecker:
 
     def __init__(self, target: Target) -> None:
         self.target = target
+        self.up = CheckResult(True, f"connected to {target.label}")  # immutable: shared
 
-    def start(self, timeout: float, done: Done, *, timer: bool = True) -> StreamProbe:
-        return StreamProbe(asyncio.get_running_loop(), self.target, timeout, done, timer)
+    def start(
+        self,
+        timeout: float,
+        done: Done,
+        *,
+        timer: bool = True,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> StreamProbe:
+        loop = loop or asyncio.get_running_loop()
+        return StreamProbe(loop, self.target, timeout, done, timer, self.up)

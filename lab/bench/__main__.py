@@ -1,4 +1,4 @@
-"""`python -m lab.bench NAME [ARGS]`: run one benchmark (`failover`, `ipvs`)."""
+"""`python -m lab.bench NAME [ARGS]`: run one benchmark (`failover`, `ipvs`, `health`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,17 @@ def _ipvs(argv: Sequence[str]) -> int:
     return main(argv)
 
 
-BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {"failover": _failover, "ipvs": _ipvs}
+def _health(argv: Sequence[str]) -> int:
+    from lab.bench.health import main
+
+    return main(argv)
+
+
+BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {
+    "failover": _failover,
+    "health": _health,
+    "ipvs": _ipvs,
+}
 
 
 def main(argv: Sequence[str]) -> int:
