@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import sys
@@ -91,7 +92,9 @@ async def running(runner: HealthRunner) -> Any:
         await runner.stop()
 
 
-def test_http_fall_removes_and_rise_restores() -> None:
+def test_http_fall_removes_and_rise_restores(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="director.health")
+
     async def scenario() -> list[str]:
         rec = Recorder()
         async with backends(1) as (made, ports):
@@ -117,6 +120,14 @@ def test_http_fall_removes_and_rise_restores() -> None:
     assert first.startswith("HTTP 200 from 127.0.0.1:")
     assert down.startswith("HTTP 500 from 127.0.0.1:") and down.endswith("(3 failures in a row)")
     assert up.endswith("(2 successes in a row)")
+    # Every transition is logged once, with the real server and its reason.
+    logged = [r.getMessage() for r in caplog.records if "DOWN" in r.getMessage()]
+    assert [m.split(": ", 1)[1].split(":")[0] for m in logged] == [
+        "DOWN -> UP",
+        "UP -> DOWN",
+        "DOWN -> UP",
+    ], logged
+    assert logged[1].startswith("web 127.0.0.1:") and down in logged[1]
 
 
 def test_inhibit_and_drain() -> None:
