@@ -215,9 +215,10 @@ class Kernel:
         return sorted(found, key=lambda item: item[0])
 
     def _default_gateway(self, family: int) -> str | None:
-        for _, gateway in self.default_routes(family):
-            if gateway is not None:
-                return str(ipaddress.ip_address(gateway))
+        """The gateway of the preferred default route (the one replies take), if it has one."""
+        routes = self.default_routes(family)
+        if routes and routes[0][1] is not None:
+            return str(ipaddress.ip_address(routes[0][1]))
         return None
 
     def fou_ports(self) -> frozenset[tuple[int, int]]:
@@ -356,6 +357,14 @@ class Kernel:
     def _set_default_route(self, family: int, gateway: str) -> None:
         """Replace the preferred default route's gateway in place (same metric), or add one."""
         routes = self.default_routes(family)
+        if routes and routes[0][1] is None:
+            # A device or multipath default route: the state file records one gateway, so
+            # stop could not put this route back. Refuse rather than lose it.
+            raise KernelError(
+                f"the IPv{family} default route has no single gateway (a device or multipath"
+                " route); realserver cannot restore it on stop, so it leaves it alone:"
+                " change it by hand"
+            )
         args: dict[str, Any] = {
             "dst": DEFAULT_DST[family],
             "dst_len": 0,

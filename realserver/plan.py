@@ -94,12 +94,16 @@ def desired_sysctls(spec: Spec) -> list[tuple[str, int | tuple[int, ...]]]:
     return wanted
 
 
-def desired_rp_filter(spec: Spec) -> list[tuple[str, int | tuple[int, ...]]]:
-    devs = [tunnel_device(v)[0] for v in spec.of_mode("tun") if v.family == 4]
-    if not devs:
+def desired_rp_filter(spec: Spec, snapshot: Snapshot) -> list[tuple[str, int | tuple[int, ...]]]:
+    """rp_filter for the tunnel devices only. The kernel filters with max(all, device): with
+    `all` at 1 (strict), 2 on the device alone makes it loose there, and every other interface
+    keeps the filtering it had; with `all` at 2 every device is loose already."""
+    devs = dict.fromkeys(tunnel_device(v)[0] for v in spec.of_mode("tun") if v.family == 4)
+    everywhere = snapshot.sysctls.get(conf_key(4, "all", "rp_filter"), 0)
+    if not devs or everywhere == RP_FILTER_LOOSE:
         return []
-    keys = ["all", *dict.fromkeys(devs)]
-    return [(conf_key(4, dev, "rp_filter"), RP_FILTER_OK) for dev in keys]
+    ok = (RP_FILTER_LOOSE,) if everywhere == 1 else RP_FILTER_OK
+    return [(conf_key(4, dev, "rp_filter"), ok) for dev in devs]
 
 
 def _sysctl_steps(
@@ -143,7 +147,7 @@ def plan_start(spec: Spec, snapshot: Snapshot) -> list[Step]:
         if link is None or not link.up:
             steps.append(SetLinkUp(dev))
 
-    steps += _sysctl_steps(desired_rp_filter(spec), snapshot)
+    steps += _sysctl_steps(desired_rp_filter(spec, snapshot), snapshot)
 
     for vip in spec.vips:
         on = vip_device(spec, vip)

@@ -474,3 +474,23 @@ def test_nat_gateway_set_checked_and_restored(lab: Lab, tmp_path: Path) -> None:
     ok(realserver(lab, "rsnat", tmp_path, "stop"))
     assert default_gateway() == str(BACKEND_GW4)
     assert snapshot(lab, "rsnat") == before
+
+
+def test_a_default_route_without_gateway_is_refused_and_kept(lab: Lab, tmp_path: Path) -> None:
+    """--set-gateway over a device default route: stop could not restore it, so start refuses
+    it, names the step, and leaves everything as it was."""
+    routes = ["ip", "-4", "route"]
+    lab.run("rsnat", [*routes, "replace", "default", "dev", lab.iface("rsnat", "backend")])
+    try:
+        before = snapshot(lab, "rsnat")
+        director = lab.addr("dir1", "backend")
+        argv = ["--vip", VIP, "--mode", "nat", "--set-gateway", director]
+        failed = realserver(lab, "rsnat", tmp_path, "start", *argv)
+        assert failed.returncode == 1, failed.stdout + failed.stderr
+        assert "no single gateway" in failed.stderr and "step '" in failed.stderr, failed.stderr
+        assert snapshot(lab, "rsnat") == before
+        gone = realserver(lab, "rsnat", tmp_path, "stop")
+        assert gone.returncode == 0 and "nothing to stop" in gone.stdout + gone.stderr
+    finally:
+        gateway = ["default", "via", str(BACKEND_GW4)]
+        lab.run("rsnat", [*routes, "replace", *gateway])

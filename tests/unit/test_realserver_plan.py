@@ -128,10 +128,23 @@ def test_tun_ipip_needs_tunnel_up_and_rp_filter_relaxed() -> None:
         SetSysctl(conf(4, "all", "arp_announce"), 2, 0),
         CreateLink("tunl0", "ipip"),
         SetLinkUp("tunl0"),
-        SetSysctl(conf(4, "all", "rp_filter"), 2, 1),
+        # Only the tunnel is loosened: max(all=1, tunl0=2) is 2 there, and every other
+        # interface keeps its strict filter.
         SetSysctl(conf(4, "tunl0", "rp_filter"), 2, 1),
         AddAddress("tunl0", "10.0.0.100/32", label="tunl0:rs"),
     ]
+
+
+def test_tun_rp_filter_zero_on_the_tunnel_is_not_enough_under_a_strict_all() -> None:
+    before = fresh(**{conf(4, "all", "rp_filter"): 1, conf(4, "default", "rp_filter"): 0})
+    steps = plan_start(spec_from_flags(["10.0.0.100"], "tun"), before)
+    assert [s for s in steps if isinstance(s, SetSysctl) and "rp_filter" in s.key] == [
+        SetSysctl(conf(4, "tunl0", "rp_filter"), 2, 0)
+    ]
+    # With `all` at 0 the tunnel's own 0 is loose enough.
+    before = fresh(**{conf(4, "all", "rp_filter"): 0, conf(4, "default", "rp_filter"): 0})
+    steps = plan_start(spec_from_flags(["10.0.0.100"], "tun"), before)
+    assert not [s for s in steps if isinstance(s, SetSysctl) and "rp_filter" in s.key]
 
 
 def test_tun_rp_filter_zero_or_two_is_relaxed_enough() -> None:

@@ -135,11 +135,13 @@ def test_check_tun_rp_filter_and_gue_port() -> None:
     before = host(**{conf("all", "rp_filter"): 1, conf("default", "rp_filter"): 1})
     done = simulate(before, plan_start(spec, before))
     assert failed(check(spec, done, [])) == []
-    # The kernel uses the larger of all and tunl0: tunl0 at 1 alone is still loose (all is 2).
+    # The kernel uses the larger of all and tunl0: start left all at 1 and set tunl0 to 2.
+    assert done.sysctls[conf("all", "rp_filter")] == 1
     strict = simulate(done, [SetSysctl(conf("tunl0", "rp_filter"), 1, 2)])
-    assert failed(check(spec, strict, [])) == []
-    strict = simulate(strict, [SetSysctl(conf("all", "rp_filter"), 1, 2)])
     assert [f.subject for f in failed(check(spec, strict, []))] == ["rp_filter on tunl0"]
+    # tunl0 at 1 under all at 2 is still loose.
+    loose = simulate(strict, [SetSysctl(conf("all", "rp_filter"), 2, 1)])
+    assert failed(check(spec, loose, [])) == []
     # The fou port is gone (someone ran `ip fou del`): gue packets would not be decapsulated.
     no_fou = replace(done, fou_ports=frozenset())
     assert [f.subject for f in failed(check(spec, no_fou, []))] == ["gue port 5555 (IPv4)"]
