@@ -10,7 +10,7 @@ With `slack`, the timer is armed that much after the earliest deadline, and ever
 by then runs in the same turn (timer coalescing): when the loop is otherwise idle, each turn
 costs several system calls and the loop's own bookkeeping, so starting checks in small groups
 rather than one per wake-up halves the CPU per check at moderate rates. Deadlines then run up
-to `slack` late, which the runner keeps to 1 % of the check interval.
+to `slack` late, which the runner keeps to 5 % of the check interval.
 """
 
 from __future__ import annotations
@@ -38,9 +38,10 @@ class Deadlines:
     def __init__(self, loop: asyncio.AbstractEventLoop, slack: float = 0.0) -> None:
         self._loop = loop
         self.slack = slack
-        # Called after each batch: the runner polls its sockets there, so that connections
-        # that completed while the batch started them are served in the same turn.
-        self.after: Callable[[], object] | None = None
+        # Called before and after each batch: the runner polls its sockets there. Before, so
+        # that a reply that came in ahead of its timeout's turn counts; after, so that
+        # connections that completed while the batch started them are served in this turn.
+        self.poll: Callable[[], object] | None = None
         self._heap: list[tuple[float, int, Callback, Any]] = []
         self._seq = itertools.count()
         self._handle: asyncio.Handle | None = None
@@ -76,6 +77,8 @@ class Deadlines:
         count = 0
         self._running = True
         try:
+            if self.poll is not None:
+                self.poll()
             while heap and heap[0][0] <= end and count < BATCH:
                 when, _, callback, token = heapq.heappop(heap)
                 count += 1
@@ -83,8 +86,8 @@ class Deadlines:
                     callback(token, when)
                 except Exception:
                     log.exception("health deadline callback failed")
-            if self.after is not None and count:
-                self.after()
+            if self.poll is not None and count:
+                self.poll()
         finally:
             self._running = False
         if not heap:

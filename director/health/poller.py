@@ -14,7 +14,7 @@ again then, and watched again only when that poll finds nothing (as a network dr
 between interrupts and polling). What becomes ready meanwhile, such as the replies to a group
 of checks started together, is taken in one turn of the loop instead of one turn each: an idle
 loop spends more per turn than a check costs. Events then wait up to `coalesce` seconds, which
-the runner keeps to 1 % of the check interval.
+the runner keeps to 5 % of the check interval.
 """
 
 from __future__ import annotations

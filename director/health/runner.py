@@ -54,9 +54,11 @@ OnQuorum = Callable[[str, bool, str], None]
 OnResult = Callable[[str, "RealServerKey", CheckResult], None]
 
 QUORUM_COMMAND_TIMEOUT = 10.0
-# Deadlines run in groups (deadlines.py): up to 1 % of the shortest interval late, 10 ms at most.
-SLACK_SHARE = 0.01
-MAX_SLACK = 0.01
+# Deadlines run in groups (deadlines.py), and sockets are polled in groups (poller.py): up to
+# 5 % of the shortest interval late, 50 ms at most. At 300 checks a second this halves the CPU
+# per check against 1 % (lab/bench/health), and lag stays well inside the 10 % operators allow.
+SLACK_SHARE = 0.05
+MAX_SLACK = 0.05
 # Upper bounds of the schedule-lag histogram, in seconds.
 LAG_BOUNDS = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -300,7 +302,7 @@ class HealthRunner:
         """Build every real server's state (usable at once through weights(), pool() and
         status()); nothing runs until start(). `on_result` sees every check's outcome after
         its retries (for tracing and metrics; it must be cheap). `slack`: how late deadlines
-        may run to be grouped (default: 1 % of the shortest interval, at most 10 ms)."""
+        may run to be grouped (default: 5 % of the shortest interval, at most 50 ms)."""
         self.on_change = on_change
         self.on_quorum = on_quorum
         self.on_result = on_result
@@ -341,7 +343,7 @@ class HealthRunner:
         self._deadlines = Deadlines(loop, slack)
         poller = Poller.of(loop)
         poller.coalesce = slack
-        self._deadlines.after = poller.dispatch
+        self._deadlines.poll = poller.dispatch
         now = loop.time()
         for svc in self._services.values():
             self._begin_service(svc, now)
