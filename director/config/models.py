@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, overload
 
 from pydantic import (
     BaseModel,
@@ -424,7 +424,29 @@ class Check(Model):
 
     @property
     def kinds(self) -> list[str]:
-        return [k for k in ("tcp", "http", "udp", "dns", "misc", "file") if getattr(self, k)]
+        return [k for k in CHECKERS if getattr(self, k)]
+
+
+CHECKERS = ("tcp", "http", "udp", "dns", "misc", "file")
+
+
+@overload
+def inherited_check(service: Check | None, own: Check) -> Check: ...
+@overload
+def inherited_check(service: Check | None, own: None) -> Check | None: ...
+@overload
+def inherited_check(service: Check | None, own: Check | None) -> Check | None: ...
+def inherited_check(service: Check | None, own: Check | None) -> Check | None:
+    """A real server's check: the keys its own `check` sets, over the service's (as keepalived's
+    real servers inherit delay_loop and the rest from their virtual server). Naming a checker
+    replaces the service's checker with it, settings and all."""
+    if own is None or service is None:
+        return own or service
+    given = own.model_fields_set
+    update = {key: getattr(own, key) for key in given}
+    if given.intersection(CHECKERS):
+        update.update({key: None for key in CHECKERS if key not in given})
+    return service.model_copy(update=update)
 
 
 class RealServer(Model):
@@ -435,7 +457,7 @@ class RealServer(Model):
     tunnel: Tunnel | None = None
     upper_threshold: Annotated[int, Field(ge=0)] = 0
     lower_threshold: Annotated[int, Field(ge=0)] = 0
-    check: Check | None = None  # replaces the service's check for this real server
+    check: Check | None = None  # over the service's check, key by key (inherited_check)
 
 
 FwMark = Annotated[int, Field(ge=1, le=0xFFFFFFFF)]

@@ -12,7 +12,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 from director.config.durations import format_duration
-from director.config.models import Check, Instance, Ipvs, Service, SyncGroup, expand_vips
+from director.config.models import (
+    Check,
+    Instance,
+    Ipvs,
+    Service,
+    SyncGroup,
+    expand_vips,
+    inherited_check,
+)
 from director.config.partial import Item, run_rule
 from director.config.yamlpos import Path
 
@@ -373,7 +381,12 @@ def _real_servers(at: Path, svc: Service) -> Iterator[Diagnostic]:
                 severity="warning",
             )
         if rs.check is not None:
-            yield from _check_check((*here, "check"), rs.check)
+            # What runs is the inherited check; a mistake of the service's own check is
+            # reported there, once.
+            own = set() if svc.check is None else {d.message for d in _check_check((), svc.check)}
+            for found in _check_check((*here, "check"), inherited_check(svc.check, rs.check)):
+                if found.message not in own:
+                    yield found
 
 
 SERVICE_RULES = [

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from director import proc
-from director.config.models import Check, RealServer, Service
+from director.config.models import Check, RealServer, Service, inherited_check
 from director.health.checkers import build_checker, substitute
 from director.health.deadlines import Deadlines
 from director.health.misc import MiscProbe
@@ -150,7 +150,7 @@ class _Member:
         self.address = str(rs.address)
         self.port = port_of(rs, svc)
         self.key: RealServerKey = (self.address, self.port)
-        self.check: Check | None = rs.check or svc.check
+        self.check: Check | None = inherited_check(svc.check, rs.check)
         self.health = RealServerHealth(policy_of(rs, svc, self.check), now)
         self.live = self.health.live_weight  # as counted in the service's live weight
         self.checker: Checker | None = self._build()
@@ -543,7 +543,7 @@ class HealthRunner:
             self._quorum_command(svc, up=False)
 
     def _keep(self, member: _Member, rs: RealServer, config: Service, now: float) -> None:
-        check = rs.check or config.check
+        check = inherited_check(config.check, rs.check)
         if check != member.check:
             self._detach(member.halt())
             member.check = check

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from director.config import Report, check_text
+from director.config.models import inherited_check
 
 
 def report_for(check: dict[str, Any], where: str = "service") -> Report:
@@ -110,3 +111,45 @@ def test_warnings(check: dict[str, Any], where: str, message: str) -> None:
     assert not report.errors and report.config is not None
     line = next(line for line in report.lines() if message in line)
     assert f"services[0].{where}: warning:" in line
+
+
+def service_with(check: dict[str, Any], rs_check: dict[str, Any]) -> Report:
+    service = {
+        "name": "web",
+        "vip": "192.0.2.100",
+        "port": 80,
+        "check": check,
+        "real_servers": [{"address": "192.0.2.21", "check": rs_check}, {"address": "192.0.2.22"}],
+    }
+    return check_text(yaml.safe_dump({"services": [service]}, sort_keys=False), "c.yaml")
+
+
+def test_a_real_servers_check_inherits_the_services_keys() -> None:
+    report = service_with(
+        {"http": {"path": "/healthz"}, "interval": "5s", "rise": 3},
+        {"connect_port": 8080, "timeout": "2s"},
+    )
+    assert report.config is not None, report.lines()
+    svc = report.config.services[0]
+    own, plain = (inherited_check(svc.check, rs.check) for rs in svc.real_servers)
+    assert own is not None and own.http is not None and own.http.path == "/healthz"
+    assert (own.interval, own.rise, own.timeout, own.connect_port) == (5.0, 3, 2.0, 8080)
+    assert plain == svc.check
+
+    # Naming a checker replaces the service's checker; the timing is still inherited.
+    report = service_with({"http": {"path": "/healthz"}, "interval": "5s"}, {"tcp": {}})
+    assert report.config is not None, report.lines()
+    svc = report.config.services[0]
+    tcp = inherited_check(svc.check, svc.real_servers[0].check)
+    assert tcp is not None and tcp.kinds == ["tcp"] and tcp.interval == 5.0
+
+
+def test_inherited_checks_are_validated_once() -> None:
+    # The real server's own timeout against the interval it inherits.
+    report = service_with({"tcp": {}, "interval": "2s"}, {"timeout": "3s"})
+    lines = [line for line in report.lines() if "timeout is longer than interval" in line]
+    assert len(lines) == 1 and "services[0].real_servers[0].check.timeout:" in lines[0]
+    # A mistake in the service's check is reported there, not again for each real server.
+    report = service_with({"tcp": {}, "interval": "2s", "timeout": "3s"}, {"rise": 2})
+    lines = [line for line in report.lines() if "timeout is longer than interval" in line]
+    assert len(lines) == 1 and "services[0].check.timeout:" in lines[0], lines
