@@ -12,7 +12,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,3 +197,29 @@ def settled_stats(lab: Lab, node: str, service: str, conns: int) -> tuple[int, i
 
 def ipvsadm(lab: Lab, node: str) -> str:
     return run(lab, node, ["ipvsadm", "-Ln"])
+
+
+@contextmanager
+def replies_seen(lab: Lab, node: str, client: str) -> Iterator[Callable[[], int]]:
+    """Count the TCP packets addressed to `client` that arrive at `node` (nftables, prerouting,
+    before IPVS and routing). Yields a reader. In DR and TUN the real servers answer the client
+    directly, so the director must see none; in NAT every reply comes through it. IPVS's own
+    out-packet counter cannot tell: it counts NAT connections only."""
+    table = "dlab_replies"
+    run(lab, node, ["nft", "add", "table", "ip", table])
+    try:
+        chain = "{ type filter hook prerouting priority -400 ; }"
+        run(lab, node, ["nft", "add", "chain", "ip", table, "pre", chain])
+        rule = ["ip", "daddr", client, "meta", "l4proto", "tcp", "counter"]
+        run(lab, node, ["nft", "add", "rule", "ip", table, "pre", *rule])
+
+        def packets() -> int:
+            out = run(lab, node, ["nft", "list", "table", "ip", table])
+            m = re.search(r"counter packets (\d+)", out)
+            if m is None:
+                raise AssertionError(f"{node}: no counter in\n{out}")
+            return int(m.group(1))
+
+        yield packets
+    finally:
+        run(lab, node, ["nft", "delete", "table", "ip", table])

@@ -99,7 +99,8 @@ def test_reconciler_repairs_drift_keeps_foreign_services_and_cleans_up_on_stop(
     service_line = f"TCP  {VIP}:80 rr"
     wait_for("the service", lambda: service_line in ipvsadm(lab, "dir1"))
     assert sysctl_value(lab, "dir1", "net.ipv4.ip_forward") == "1", "NAT needs forwarding"
-    assert sysctl_value(lab, "dir1", "net.ipv4.vs.expire_nodest_conn") == "1"
+    for name in ("expire_nodest_conn", "expire_quiescent_template", "conntrack"):
+        assert sysctl_value(lab, "dir1", f"net.ipv4.vs.{name}") == "1", name
 
     run(lab, "dir1", ["ipvsadm", "-C"])  # an operator wipes the table
     wait_for("drift repaired", lambda: service_line in ipvsadm(lab, "dir1"), timeout=20)
@@ -164,6 +165,9 @@ def test_established_connections_survive_failover_with_the_sync_daemon(
         )
         assert "master" in run(lab, "dir1", ["ipvsadm", "-L", "--daemon"])
         assert "backup" in run(lab, "dir2", ["ipvsadm", "-L", "--daemon"])
+        # IPVS is programmed on the backup too, so a failover changes no rule.
+        wait_for("dir2's table", lambda: "192.0.2.22:80" in ipvsadm(lab, "dir2"), timeout=20)
+        assert f"TCP  {VIP}:80 rr" in ipvsadm(lab, "dir2") and d2.state("VI_1") == "BACKUP"
         client = hold(lab)
         try:
             first = ask(client)

@@ -24,6 +24,7 @@ from lab.lvs import (
     ipvsadm,
     prepare_dr,
     prepare_tun,
+    replies_seen,
     run,
     settled_stats,
     web_service,
@@ -55,9 +56,12 @@ class Applied:
         self.lab, self.tmp, self.path = lab, tmp, tmp / "dir1.yaml"
         self.vips: list[tuple[str, str]] = []
 
-    def apply(self, services: list[dict[str, Any]], *instances: dict[str, Any]) -> str:
+    def write(self, services: list[dict[str, Any]], *instances: dict[str, Any]) -> None:
         extra: dict[str, Any] = {"vrrp": {"instances": list(instances)}} if instances else {}
         write_config(self.path, "dir1", services, **extra)
+
+    def apply(self, services: list[dict[str, Any]], *instances: dict[str, Any]) -> str:
+        self.write(services, *instances)
         self.vips = [(inst["interface"], inst["addresses"][0]) for inst in instances]
         return director(self.lab, "dir1", "apply", "-c", str(self.path), "--once", "--with-vips")
 
@@ -86,14 +90,20 @@ RS1, RS2, RS3 = ({"address": f"192.0.2.{n}"} for n in (21, 22, 23))
 
 
 def test_dr_replies_bypass_the_director(dir1: Applied) -> None:
+    dir1.write([web_service("dr", [RS1, RS2])], FRONT)
+    planned = dir1.plan()
+    assert "+ service TCP 192.0.2.100:80 rr" in planned
+    assert "TCP" not in ipvsadm(dir1.lab, "dir1"), "plan changes nothing in the kernel"
     out = dir1.apply([web_service("dr", [RS1, RS2])], FRONT)
     assert "+ service TCP 192.0.2.100:80 rr" in out
-    got = fetch(dir1.lab, URL, 8)
+    with replies_seen(dir1.lab, "dir1", dir1.lab.addr("client", "lan")) as replies:
+        got = fetch(dir1.lab, URL, 8)
+        assert replies() == 0, "in DR, no reply to the client passes through the director"
     assert got["names"] == {"rs1": 4, "rs2": 4}, got
     assert got["servers"] == [VIP], "DR real servers answer from the VIP itself"
     conns, inpkts, outpkts = settled_stats(dir1.lab, "dir1", SERVICE, 8)
     assert conns >= 8 and inpkts > 0
-    assert outpkts == 0, "in DR, replies go straight to the client, never through the director"
+    assert outpkts == 0, "IPVS saw no reply either"
     assert "# 0 change(s)" in dir1.plan(), "after apply, plan finds nothing to do"
 
 
@@ -103,7 +113,10 @@ def test_nat_replies_pass_through_the_director_and_keep_the_client_address(
     reals = [{"address": "198.51.100.21", "port": p} for p in (8081, 8082)]
     out = dir1.apply([web_service("nat", reals)], FRONT, GATEWAY)
     assert "+ real server 198.51.100.21:8082" in out
-    got = fetch(dir1.lab, URL, 6)
+    with replies_seen(dir1.lab, "dir1", dir1.lab.addr("client", "lan")) as replies:
+        got = fetch(dir1.lab, URL, 6)
+        # The counter's positive control: in NAT, every reply comes back through dir1.
+        assert replies() >= 6, "NAT replies pass through the director"
     assert got["names"] == {"nat-a": 3, "nat-b": 3}, got
     assert got["clients"] == [dir1.lab.addr("client", "lan")], "the real server sees the client"
     _, inpkts, outpkts = settled_stats(dir1.lab, "dir1", SERVICE, 6)
@@ -118,7 +131,9 @@ def test_tun_real_server_decapsulates_and_answers_directly(dir1: Applied, kind: 
         tunnel["port"] = GUE_PORT
     reals = [{"address": "203.0.113.21", "tunnel": tunnel}]
     dir1.apply([web_service("tun", reals)], FRONT)
-    got = fetch(dir1.lab, URL, 4)
+    with replies_seen(dir1.lab, "dir1", dir1.lab.addr("client", "lan")) as replies:
+        got = fetch(dir1.lab, URL, 4)
+        assert replies() == 0, f"{kind}: no reply to the client passes through the director"
     assert got["names"] == {"rstun": 4}, got
     assert got["clients"] == [dir1.lab.addr("client", "lan")]
     _, inpkts, outpkts = settled_stats(dir1.lab, "dir1", SERVICE, 4)
