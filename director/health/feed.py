@@ -66,8 +66,15 @@ class HealthFeed:
             known = ", ".join(s.name for s in self.config.services) or "none"
             raise ValueError(f"no service named {service_name!r} (known: {known})")
         key = parse_real_server(service, real_server)
+        entries = {(name, a, p) for name, (a, p) in self.runner.overrides()}
+        entry = (service.name, *key)
+        # Recorded first: a drain that could not be kept must not be half applied.
+        try:
+            self.drained.save(entries | {entry} if drained else entries - {entry})
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            raise ValueError(f"cannot record it in {self.drained.path}: {why}") from None
         self.runner.set_override(service.name, key, drained)
-        self.drained.save((name, a, p) for name, (a, p) in self.runner.overrides())
         self.update(*self.view())
         return f"{key[0]}:{key[1]}"
 

@@ -64,3 +64,12 @@ def test_a_drained_server_no_longer_configured_is_forgotten(tmp_path: Path) -> N
     (tmp_path / "drained.json").write_text(json.dumps([["web", "10.0.0.99", 80]]))
     feed = HealthFeed(config(tmp_path), lambda *_: None)
     assert feed.runner.overrides() == []
+
+
+def test_a_drain_that_cannot_be_recorded_is_refused_and_not_applied(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    feed = HealthFeed(config(blocker / "state"), lambda *_: None)
+    with pytest.raises(ValueError, match=r"cannot record it in .*drained\.json: Not a directory"):
+        feed.set_drained("web", "10.0.0.21", True)
+    assert feed.runner.overrides() == []
