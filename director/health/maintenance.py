@@ -16,16 +16,28 @@ Entry = tuple[str, str, int]  # service, real server address, port
 
 
 def parse_real_server(service: Service, text: str) -> tuple[str, int]:
-    """`10.0.0.21`, `10.0.0.21:8080`, `[2001:db8::21]:80`; the port defaults to the service's,
-    and must then name one of the service's real servers."""
+    """`10.0.0.21`, `10.0.0.21:8080`, `[2001:db8::21]:80`: one of the service's real servers.
+    Without a port the address must be on one port only (NAT can put it on several)."""
     try:
         address, port = parse_endpoint(text)
     except ValueError as exc:
         raise ValueError(f"real server {text!r}: {exc}") from None
-    for rs in service.real_servers:
-        rs_port = rs.port if rs.port is not None else service.port or 0
-        if rs.address == address and (port is None or port == rs_port):
-            return str(rs.address), rs_port
+    found = sorted(
+        {
+            rs.port if rs.port is not None else service.port or 0
+            for rs in service.real_servers
+            if rs.address == address
+        }
+    )
+    if port is not None:
+        found = [p for p in found if p == port]
+    if len(found) == 1:
+        return str(address), found[0]
+    if found:
+        ports = ", ".join(str(p) for p in found)
+        raise ValueError(
+            f"service {service.name!r} has {address} on ports {ports}: say which, as ADDRESS:PORT"
+        )
     known = ", ".join(str(rs.address) for rs in service.real_servers) or "none"
     raise ValueError(f"service {service.name!r} has no real server {text} (it has: {known})")
 

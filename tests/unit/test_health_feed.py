@@ -73,3 +73,29 @@ def test_a_drain_that_cannot_be_recorded_is_refused_and_not_applied(tmp_path: Pa
     with pytest.raises(ValueError, match=r"cannot record it in .*drained\.json: Not a directory"):
         feed.set_drained("web", "10.0.0.21", True)
     assert feed.runner.overrides() == []
+
+
+def test_an_address_on_several_ports_needs_its_port(tmp_path: Path) -> None:
+    cfg = Config.model_validate(
+        {
+            "node": {"name": "d1", "state_dir": str(tmp_path)},
+            "services": [
+                {
+                    "name": "web",
+                    "vip": "10.0.0.100",
+                    "port": 80,
+                    "forwarding": "nat",
+                    "real_servers": [
+                        {"address": "10.0.0.21", "port": 8081},
+                        {"address": "10.0.0.21", "port": 8082},
+                    ],
+                }
+            ],
+        }
+    )
+    feed = HealthFeed(cfg, lambda *_: None)
+    with pytest.raises(ValueError, match=r"has 10\.0\.0\.21 on ports 8081, 8082: say which"):
+        feed.set_drained("web", "10.0.0.21", True)
+    assert feed.runner.overrides() == []
+    assert feed.set_drained("web", "10.0.0.21:8082", True) == "10.0.0.21:8082"
+    assert feed.runner.overrides() == [("web", ("10.0.0.21", 8082))]
