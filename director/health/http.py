@@ -154,6 +154,14 @@ class HttpChecker:
 # ---------------------------------------------------------------- HTTPS
 
 
+def host_name(host: str) -> str:
+    """The name in a Host value without its port: `www.example:8443` -> `www.example`,
+    `[2001:db8::1]:443` and `[2001:db8::1]` -> `2001:db8::1`."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
 @dataclass(frozen=True)
 class TlsSettings:
     verify: bool
@@ -227,7 +235,7 @@ class HttpsChecker:
         self.spec = HttpSpec.of(http)
         self.request = build_request(http, target)
         self.tls = TlsSettings(http.verify, http.ca_file, http.cert_file, http.key_file)
-        name = http.sni or (http.host.rsplit(":", 1)[0] if http.host else None)
+        name = http.sni or (host_name(http.host) if http.host else None)
         # Without a name the certificate is matched against the address (an IP SAN); no SNI
         # is sent for an address.
         self.server_hostname = (name or target.address).strip("[]")

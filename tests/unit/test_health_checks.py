@@ -17,6 +17,7 @@ import pytest
 
 from director.config.models import Check
 from director.health.checkers import build_checker
+from director.health.http import host_name
 from director.health.result import CheckResult
 from lab import dns as lab_dns
 from lab.tls import Material, make_material, server_context
@@ -550,3 +551,17 @@ def test_file_missing_and_fifo(tmp_path: Path) -> None:
     # A FIFO without writer must not block the loop: it reads as empty.
     blocked = run(attempt({"file": {"path": str(fifo)}}, 0))
     assert not blocked.ok and "not an integer" in blocked.reason
+
+
+@pytest.mark.parametrize(
+    ("host", "name"),
+    [
+        ("www.example", "www.example"),
+        ("www.example:8443", "www.example"),
+        ("[2001:db8::1]:443", "2001:db8::1"),
+        ("[2001:db8::1]", "2001:db8::1"),
+        ("2001:db8::1", "2001:db8::1"),
+    ],
+)
+def test_tls_name_from_the_host_header(host: str, name: str) -> None:
+    assert host_name(host) == name
