@@ -200,26 +200,28 @@ def ipvsadm(lab: Lab, node: str) -> str:
 
 
 @contextmanager
-def replies_seen(lab: Lab, node: str, client: str) -> Iterator[Callable[[], int]]:
-    """Count the TCP packets addressed to `client` that arrive at `node` (nftables, prerouting,
-    before IPVS and routing). Yields a reader. In DR and TUN the real servers answer the client
-    directly, so the director must see none; in NAT every reply comes through it. IPVS's own
-    out-packet counter cannot tell: it counts NAT connections only."""
+def replies_seen(lab: Lab, node: str, *clients: str) -> Iterator[Callable[[], int]]:
+    """Count the TCP packets addressed to `clients` (IPv4 or IPv6) that arrive at `node`
+    (nftables, prerouting, before IPVS and routing). Yields a reader of the total. In DR and TUN
+    the real servers answer the client directly, so the director must see none; in NAT every
+    reply comes through it. IPVS's own out-packet counter cannot tell: it counts NAT only."""
     table = "dlab_replies"
-    run(lab, node, ["nft", "add", "table", "ip", table])
+    run(lab, node, ["nft", "add", "table", "inet", table])
     try:
         chain = "{ type filter hook prerouting priority -400 ; }"
-        run(lab, node, ["nft", "add", "chain", "ip", table, "pre", chain])
-        rule = ["ip", "daddr", client, "meta", "l4proto", "tcp", "counter"]
-        run(lab, node, ["nft", "add", "rule", "ip", table, "pre", *rule])
+        run(lab, node, ["nft", "add", "chain", "inet", table, "pre", chain])
+        for client in clients:
+            family = "ip6" if ":" in client else "ip"
+            rule = [family, "daddr", client, "meta", "l4proto", "tcp", "counter"]
+            run(lab, node, ["nft", "add", "rule", "inet", table, "pre", *rule])
 
         def packets() -> int:
-            out = run(lab, node, ["nft", "list", "table", "ip", table])
-            m = re.search(r"counter packets (\d+)", out)
-            if m is None:
-                raise AssertionError(f"{node}: no counter in\n{out}")
-            return int(m.group(1))
+            out = run(lab, node, ["nft", "list", "table", "inet", table])
+            counts = [int(n) for n in re.findall(r"counter packets (\d+)", out)]
+            if len(counts) != len(clients):
+                raise AssertionError(f"{node}: expected {len(clients)} counters in\n{out}")
+            return sum(counts)
 
         yield packets
     finally:
-        run(lab, node, ["nft", "delete", "table", "ip", table])
+        run(lab, node, ["nft", "delete", "table", "inet", table])

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import pytest
 
 from lab.core import Lab
+from lab.lvs import replies_seen
 from lab.topology import VIP4, VIP6
 
 VIP_DR, VIP_DR6 = str(VIP4), str(VIP6)
@@ -288,8 +289,11 @@ def test_dr_traffic_reaches_rs1_on_lo_and_rs2_on_a_dummy_and_replies_bypass_the_
     assert f"add address {VIP_DR6}/128 on rsdummy0 nodad" in cluster.started["rs2"]
 
     v4, v6 = f"http://{VIP_DR}/", f"http://[{VIP_DR6}]/"
-    results = get(lab, (v4, 20), (v6, 10))
-    end = time.monotonic()
+    clients = (lab.addr("client", "lan", 4), lab.addr("client", "lan", 6))
+    with replies_seen(lab, "dir1", *clients) as replies:
+        results = get(lab, (v4, 20), (v6, 10))
+        end = time.monotonic()
+        assert replies() == 0, "no reply to the client passed through dir1"
     cases: list[tuple[str, str, Literal[4, 6]]] = [(v4, VIP_DR, 4), (v6, VIP_DR6, 6)]
     for url, vip, family in cases:
         result = results[url]
@@ -320,8 +324,10 @@ def test_tun_ipip_gre_and_gue_are_decapsulated_and_answered(cluster: Cluster) ->
     assert "all checks passed" in checked
 
     urls = {vip: f"http://{vip}/" for vip in (VIP_IPIP, VIP_GRE, VIP_GUE)}
-    results = get(lab, *((url, 4) for url in urls.values()))
-    end = time.monotonic()
+    with replies_seen(lab, "dir1", lab.addr("client", "lan")) as replies:
+        results = get(lab, *((url, 4) for url in urls.values()))
+        end = time.monotonic()
+        assert replies() == 0, "no reply to the client passed through dir1"
     for vip, url in urls.items():
         assert results[url]["names"] == {"rstun": 4}, (vip, results[url])
         assert results[url]["servers"] == [vip]  # decapsulated: the VIP answered
