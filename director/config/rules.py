@@ -350,6 +350,11 @@ def _sorry_family(at: Path, svc: Service) -> Iterator[Diagnostic]:
 def _real_servers(at: Path, svc: Service) -> Iterator[Diagnostic]:
     family = _service_family(svc)
     seen: dict[tuple[object, int | None], int] = {}
+    # A real server's inherited check repeats any mistake of the service's own check: that is
+    # reported once, at the service.
+    service_faults = (
+        set() if svc.check is None else {d.message for d in _check_check((), svc.check)}
+    )
     for r, rs in enumerate(svc.real_servers):
         here = (*at, "real_servers", r)
         port = rs.port if rs.port is not None else svc.port
@@ -381,11 +386,8 @@ def _real_servers(at: Path, svc: Service) -> Iterator[Diagnostic]:
                 severity="warning",
             )
         if rs.check is not None:
-            # What runs is the inherited check; a mistake of the service's own check is
-            # reported there, once.
-            own = set() if svc.check is None else {d.message for d in _check_check((), svc.check)}
             for found in _check_check((*here, "check"), inherited_check(svc.check, rs.check)):
-                if found.message not in own:
+                if found.message not in service_faults:
                     yield found
 
 

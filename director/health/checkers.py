@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from director.config.models import Check
 from director.health.dns import DnsChecker
 from director.health.file import FileChecker
@@ -24,14 +22,7 @@ class BrokenChecker:
     def __init__(self, reason: str) -> None:
         self.reason = reason
 
-    def start(
-        self,
-        timeout: float,
-        done: Done,
-        *,
-        timer: bool = True,
-        loop: asyncio.AbstractEventLoop | None = None,
-    ) -> ReadyProbe:
+    def start(self, timeout: float, done: Done, *, timer: bool = True) -> ReadyProbe:
         return ReadyProbe(CheckResult(False, self.reason), done)
 
 

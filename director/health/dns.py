@@ -30,14 +30,7 @@ class DnsChecker:
         self.rcode = RCODES[dns.rcode]
         self._rng = rng or random.SystemRandom()
 
-    def start(
-        self,
-        timeout: float,
-        done: Done,
-        *,
-        timer: bool = True,
-        loop: asyncio.AbstractEventLoop | None = None,
-    ) -> DatagramProbe:
+    def start(self, timeout: float, done: Done, *, timer: bool = True) -> DatagramProbe:
         # A fresh id and source port per query: a stray or spoofed reply has to guess both.
         ident = self._rng.getrandbits(16)
         query = encode_query(ident, self.config.name, self.qtype, self.config.recursion)
@@ -45,7 +38,7 @@ class DnsChecker:
         def accept(data: bytes) -> CheckResult | None:
             return self._accept(ident, data)
 
-        loop = loop or asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         return DatagramProbe(loop, self.target, timeout, done, query, accept, self._silence, timer)
 
     def _accept(self, ident: int, data: bytes) -> CheckResult | None:

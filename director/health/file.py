@@ -7,7 +7,6 @@ integer, is down with the reason. Read without blocking: a FIFO without writer r
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 from director.config.models import FileCheck
@@ -46,12 +45,5 @@ class FileChecker:
     def __init__(self, file: FileCheck) -> None:
         self.path = file.path
 
-    def start(
-        self,
-        timeout: float,
-        done: Done,
-        *,
-        timer: bool = True,
-        loop: asyncio.AbstractEventLoop | None = None,
-    ) -> ReadyProbe:
+    def start(self, timeout: float, done: Done, *, timer: bool = True) -> ReadyProbe:
         return ReadyProbe(read_weight(self.path), done)

@@ -139,15 +139,8 @@ class HttpChecker:
             self.verdicts[code] = result
         return result
 
-    def start(
-        self,
-        timeout: float,
-        done: Done,
-        *,
-        timer: bool = True,
-        loop: asyncio.AbstractEventLoop | None = None,
-    ) -> HttpProbe:
-        loop = loop or asyncio.get_running_loop()
+    def start(self, timeout: float, done: Done, *, timer: bool = True) -> HttpProbe:
+        loop = asyncio.get_running_loop()
         return HttpProbe(loop, self.target, timeout, done, self, timer)
 
 
@@ -240,14 +233,7 @@ class HttpsChecker:
         # is sent for an address.
         self.server_hostname = (name or target.address).strip("[]")
 
-    def start(
-        self,
-        timeout: float,
-        done: Done,
-        *,
-        timer: bool = True,
-        loop: asyncio.AbstractEventLoop | None = None,
-    ) -> TaskProbe:
+    def start(self, timeout: float, done: Done, *, timer: bool = True) -> TaskProbe:
         return TaskProbe(self._check(timeout), done)
 
     async def _check(self, timeout: float) -> CheckResult:

@@ -51,14 +51,7 @@ class MiscChecker:
         self.argv = list(misc.command)
         self.dynamic = misc.dynamic_weight
 
-    def start(
-        self,
-        timeout: float,
-        done: Done,
-        *,
-        timer: bool = True,
-        loop: asyncio.AbstractEventLoop | None = None,
-    ) -> MiscProbe:
+    def start(self, timeout: float, done: Done, *, timer: bool = True) -> MiscProbe:
         return MiscProbe(self, timeout, done)
 
     async def run(self, timeout: float) -> CheckResult:

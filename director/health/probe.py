@@ -35,14 +35,7 @@ class Probe(Protocol):
 class Checker(Protocol):
     kind: str  # "tcp", "http", "https", "udp", "dns", "misc", "file"
 
-    def start(
-        self,
-        timeout: float,
-        done: Done,
-        *,
-        timer: bool = True,
-        loop: asyncio.AbstractEventLoop | None = None,
-    ) -> Probe: ...
+    def start(self, timeout: float, done: Done, *, timer: bool = True) -> Probe: ...
 
 
 @dataclass(frozen=True, slots=True)

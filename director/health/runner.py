@@ -200,9 +200,7 @@ class _Member:
         stats.lag_buckets[bisect.bisect_left(LAG_BOUNDS, lag)] += 1
         assert self.checker is not None and self.check is not None
         timeout = self.check.timeout
-        probe = self.probe = self.checker.start(
-            timeout, self.finished, timer=False, loop=runner._loop
-        )
+        probe = self.probe = self.checker.start(timeout, self.finished, timer=False)
         deadlines = runner._deadlines
         assert deadlines is not None
         deadlines.push(now + timeout, self._expire, probe)
@@ -363,9 +361,10 @@ class HealthRunner:
                     pending.append(task)
         if self._deadlines is not None:
             self._deadlines.close()
-        poller = None if self._loop is None else Poller.existing(self._loop)
-        if poller is not None and self._loop is not None:
-            poller.coalesce = 0.0
+        if self._loop is not None:
+            poller = Poller.existing(self._loop)
+            if poller is not None:
+                poller.coalesce = 0.0  # sockets left on this loop are served at once again
             Poller.release(self._loop)
         pending.extend(self._commands)
         if pending:

@@ -166,13 +166,6 @@ class TcpChecker:
         self.target = target
         self.up = CheckResult(True, f"connected to {target.label}")  # immutable: shared
 
-    def start(
-        self,
-        timeout: float,
-        done: Done,
-        *,
-        timer: bool = True,
-        loop: asyncio.AbstractEventLoop | None = None,
-    ) -> StreamProbe:
-        loop = loop or asyncio.get_running_loop()
+    def start(self, timeout: float, done: Done, *, timer: bool = True) -> StreamProbe:
+        loop = asyncio.get_running_loop()
         return StreamProbe(loop, self.target, timeout, done, timer, self.up)

@@ -138,15 +138,8 @@ class UdpChecker:
         self.prefix = bytes.fromhex(udp.expect_hex) if udp.expect_hex is not None else None
         self.require = udp.require_reply or self.expect is not None or self.prefix is not None
 
-    def start(
-        self,
-        timeout: float,
-        done: Done,
-        *,
-        timer: bool = True,
-        loop: asyncio.AbstractEventLoop | None = None,
-    ) -> DatagramProbe:
-        loop = loop or asyncio.get_running_loop()
+    def start(self, timeout: float, done: Done, *, timer: bool = True) -> DatagramProbe:
+        loop = asyncio.get_running_loop()
         return DatagramProbe(
             loop, self.target, timeout, done, self.payload, self._accept, self._silence, timer
         )
